@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` and `make test`. Both create/update .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+# Tests and the default grid never reach a model hub: fail fast instead of waiting on the network.
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install run test lint bench lock clean
+
+install: $(STAMP)
+
+# Reinstall only when the pins or the package metadata change: a second `make` is a no-op.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "report: results/report/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cold_run.py
+
+# Re-resolve the pins from requirements.in (needs the package index).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements.in
+	.venv-lock/bin/pip freeze --exclude-editable > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf results/* .snakemake
+	touch results/.gitkeep

@@ -1,0 +1,18 @@
+# Gather every cell into one table: one row per cell, every grid coordinate a column.
+
+
+rule aggregate:
+    input:
+        train=cell_files("train.json"),
+        test=cell_files("test.json"),
+        code=package_source("aggregate.py"),
+    output:
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
+    params:
+        cells=[cell.path for cell in CELLS],
+    log:
+        f"{LOGS}/aggregate.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,18 @@
+# Decode and resize each dataset once per input resolution into a uint8 tensor file.
+
+
+rule cache_images:
+    input:
+        manifest="results/datasets/{dataset}/manifest.csv",
+        classes="results/datasets/{dataset}/classes.json",
+    output:
+        cache="results/cache/{dataset}/{size}px.pt",
+    threads: config["resources"]["cache_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+    log:
+        f"{LOGS}/cache_images/{{dataset}}_{{size}}px.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/cache_images.py"

@@ -1,0 +1,37 @@
+# Obtain each dataset as a manifest (path, label, class name, split) plus images.
+
+
+localrules:
+    download_archive,
+
+
+rule download_archive:
+    # Runs on the head node: compute nodes of a cluster often have no internet.
+    output:
+        "results/downloads/{dataset}.archive",
+    params:
+        url=lambda wildcards: dataset_spec(wildcards)["url"],
+        sha256=lambda wildcards: dataset_spec(wildcards)["sha256"],
+    log:
+        f"{LOGS}/download_archive/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/download_archive.py"
+
+
+rule obtain_dataset:
+    input:
+        archive=downloaded_archive,
+    output:
+        manifest="results/datasets/{dataset}/manifest.csv",
+        classes="results/datasets/{dataset}/classes.json",
+        images=directory("results/datasets/{dataset}/images"),
+    params:
+        spec=dataset_spec,
+    log:
+        f"{LOGS}/obtain_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/obtain_dataset.py"

@@ -1,0 +1,22 @@
+# Evaluate a trained cell on the test split, exactly once.
+
+
+rule evaluate_cell:
+    input:
+        model=f"{CELL_PATTERN}/model.pt",
+        cache=image_cache,
+        split="results/datasets/{dataset}/split.csv",
+    output:
+        metrics=f"{CELL_PATTERN}/test.json",
+        predictions=f"{CELL_PATTERN}/predictions.csv",
+        confusion=f"{CELL_PATTERN}/confusion.csv",
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        gpu=gpus_per_job(),
+    log:
+        f"{LOGS}/evaluate_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/evaluate_cell.py"

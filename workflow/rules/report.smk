@@ -1,0 +1,18 @@
+# Render the self-contained HTML report. Its code is an input, so editing the report re-renders
+# the report and nothing else.
+
+
+rule report:
+    input:
+        summary="results/summary.csv",
+        histories=cell_files("history.csv"),
+        confusions=cell_files("confusion.csv"),
+        code=package_source("report.py"),
+    output:
+        html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
+    log:
+        f"{LOGS}/report.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report.py"

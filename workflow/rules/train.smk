@@ -1,0 +1,27 @@
+# Train one cell of the grid; the best epoch is chosen on the validation split.
+
+
+rule train_cell:
+    input:
+        cache=image_cache,
+        split="results/datasets/{dataset}/split.csv",
+        classes="results/datasets/{dataset}/classes.json",
+        weights=weights_file,
+    output:
+        model=f"{CELL_PATTERN}/model.pt",
+        history=f"{CELL_PATTERN}/history.csv",
+        summary=f"{CELL_PATTERN}/train.json",
+        cell=f"{CELL_PATTERN}/cell.json",
+    params:
+        cell=cell_params,
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+        gpu=gpus_per_job(),
+    log:
+        f"{LOGS}/train_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train_cell.py"

@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from transfergrid.jobs import run_job
+from transfergrid.weights import materialise_weights
+
+
+def main(smk, log):
+    materialise_weights(smk.wildcards.backbone, smk.wildcards.weights, Path(smk.output.weights), log)
+
+
+run_job(snakemake, main)

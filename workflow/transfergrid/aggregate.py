@@ -1,0 +1,85 @@
+"""Collect the finished cells into one table (``summary.csv``): one row per cell.
+
+The table holds every grid coordinate, what the cell chose on validation, and its test metrics.
+The test metrics are carried along for reporting only; nothing downstream may choose by them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import TransferGridError
+from .io import read_json, write_csv
+
+# The grid axes, in the order rows are sorted by. ``seed`` is the only axis averaged over in a recipe.
+COORDINATES = ("dataset", "fraction", "backbone", "weights", "strategy", "head", "seed")
+RECIPE = tuple(axis for axis in COORDINATES if axis != "seed")
+
+SUMMARY_COLUMNS = (
+    *COORDINATES, "pretrained", "image_size", "epochs", "best_epoch", "val_acc",
+    "test_top1", "test_balanced_accuracy", "test_macro_f1",
+    "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes", "cell_dir",
+)
+
+
+def _read_cell_json(path: Path, keys: tuple[str, ...]) -> dict:
+    """A cell's JSON file, checked to hold ``keys``; any problem names the file."""
+    if not path.is_file():
+        raise TransferGridError(f"missing cell output: {path}")
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TransferGridError(f"unreadable JSON in {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise TransferGridError(f"{path} does not hold a JSON object")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise TransferGridError(f"{path} lacks key(s) {', '.join(missing)}")
+    return data
+
+
+def summarise_cell(cell_dir: Path) -> dict:
+    """One summary row from a cell directory's cell.json, train.json and test.json."""
+    cell_dir = Path(cell_dir)
+    cell = _read_cell_json(cell_dir / "cell.json", (*COORDINATES, "image_size", "epochs"))
+    train = _read_cell_json(cell_dir / "train.json", (
+        "best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds",
+        "num_train", "num_classes"))
+    test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1"))
+    return {
+        **{axis: str(cell[axis]) for axis in RECIPE if axis != "fraction"},
+        "fraction": float(cell["fraction"]),
+        "seed": int(cell["seed"]),
+        "pretrained": str(cell["weights"]) != "none",
+        "image_size": int(cell["image_size"]),
+        "epochs": int(cell["epochs"]),
+        "best_epoch": int(train["best_epoch"]),
+        "val_acc": float(train["best_val_acc"]),
+        "test_top1": float(test["top1"]),
+        "test_balanced_accuracy": float(test["balanced_accuracy"]),
+        "test_macro_f1": float(test["macro_f1"]),
+        "trainable_params": int(train["trainable_params"]),
+        "frozen_params": int(train["frozen_params"]),
+        "wall_seconds": float(train["wall_seconds"]),
+        "num_train": int(train["num_train"]),
+        "num_classes": int(train["num_classes"]),
+        "cell_dir": str(cell_dir),
+    }
+
+
+def aggregate_cells(cell_dirs: list[Path], out_csv: Path) -> pd.DataFrame:
+    """Summarise every cell into ``out_csv`` (written atomically), sorted by the grid coordinates."""
+    if not cell_dirs:
+        raise TransferGridError(f"no cells to aggregate into {out_csv}")
+    rows = [summarise_cell(Path(cell_dir)) for cell_dir in cell_dirs]
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    duplicated = summary.duplicated(list(COORDINATES), keep=False)
+    if duplicated.any():
+        first = summary.loc[duplicated, "cell_dir"].iloc[0]
+        raise TransferGridError(f"two cell directories hold the same grid cell, one is {first}")
+    summary = summary.sort_values(list(COORDINATES), kind="stable", ignore_index=True)
+    write_csv(summary, out_csv)
+    return summary

@@ -1,0 +1,21 @@
+"""User-facing errors: one line that names the offending key, file or value."""
+
+
+class TransferGridError(Exception):
+    """Base class for errors caused by user input rather than by a bug."""
+
+
+class ConfigError(TransferGridError):
+    """A config key holds a value the workflow cannot use."""
+
+
+class DataError(TransferGridError):
+    """A dataset source is missing, empty or holds unreadable files."""
+
+
+class ChecksumError(DataError):
+    """A downloaded file does not match its declared sha256."""
+
+
+class UnsafeArchiveError(DataError):
+    """An archive member would land outside the extraction directory."""

@@ -1,0 +1,70 @@
+"""The experiment grid: cells, their directory layout, and the resolved config of each cell.
+
+A cell lives in ``results/cells/{dataset}/{fraction}/{backbone}/{weights}/{strategy}/{head}/seed{seed}``
+so Snakemake reruns exactly the cells whose inputs or settings changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+CELLS_ROOT = "results/cells"
+CELL_PATTERN = CELLS_ROOT + "/{dataset}/{fraction}/{backbone}/{weights}/{strategy}/{head}/seed{seed}"
+
+
+def format_fraction(fraction: float) -> str:
+    """1 -> '1.0', 0.25 -> '0.25': one spelling per value, so paths are stable."""
+    return repr(float(fraction))
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    fraction: str
+    backbone: str
+    weights: str
+    strategy: str
+    head: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return CELL_PATTERN.format(**asdict(self))
+
+
+def expand_cells(config: dict) -> list[Cell]:
+    """Every combination of the grid axes; each backbone only with its own weight sources."""
+    grid = config["grid"]
+    models = [(entry["name"], weights) for entry in grid["backbones"] for weights in entry["weights"]]
+    combos = itertools.product(
+        grid["datasets"], [format_fraction(f) for f in grid["fractions"]], models,
+        grid["strategies"], grid["heads"], grid["seeds"],
+    )
+    cells = [Cell(d, f, b, w, s, h, int(seed)) for d, f, (b, w), s, h, seed in combos]
+    return list(dict.fromkeys(cells))  # drop duplicates, keep order
+
+
+def image_size(config: dict, backbone: str, weights: str) -> int:
+    """The configured input size, or the backbone's native size for these weights."""
+    if config["train"]["image_size"]:
+        return int(config["train"]["image_size"])
+    from .backbones import preprocessing, resolve_backbone
+
+    return preprocessing(resolve_backbone(backbone), weights).input_size
+
+
+def cell_config(config: dict, cell: Cell) -> dict:
+    """Everything that determines a cell's result, written to its cell.json.
+
+    Snakemake passes this as a rule parameter, so changing a setting reruns exactly the cells it
+    affects and nothing else.
+    """
+    train = config["train"]
+    return {
+        **asdict(cell),
+        "fraction": float(cell.fraction),
+        "image_size": image_size(config, cell.backbone, cell.weights),
+        **{key: train[key] for key in ("epochs", "batch_size", "augment", "optimizer", "schedule",
+                                       "label_smoothing", "device")},
+    }

@@ -1,0 +1,28 @@
+"""Glue between a Snakemake ``script:`` job and the package: log file, threads, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable
+
+from .errors import TransferGridError
+
+
+def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
+    """Run ``main(snakemake, log)`` with stdout/stderr going to the rule's log file.
+
+    A TransferGridError (bad user input) becomes one line in the log and on stderr, without a
+    traceback; any other exception keeps its traceback in the log, because it is a bug.
+    """
+    console = sys.stderr
+    with open(smk.log[0], "w") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        def log(message: str) -> None:
+            print(message, file=log_file, flush=True)
+
+        try:
+            main(smk, log)
+        except TransferGridError as error:
+            log(f"error: {error}")
+            print(f"transfergrid error in rule {smk.rule}: {error}", file=console)
+            raise SystemExit(1) from None

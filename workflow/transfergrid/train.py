@@ -1,0 +1,253 @@
+"""Training of one cell, readable top to bottom: data -> model -> epochs -> best epoch on val.
+
+The test split is never loaded here: model selection (best epoch) uses validation only, and the
+evaluation rule touches the test split exactly once, after training is finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .augment import AUGMENTATIONS
+from .backbones import build_backbone, preprocessing, resolve_backbone
+from .heads import build_head
+from .imagecache import load_cache
+from .io import atomic_path, read_json, write_csv, write_json
+from .model import TransferModel
+from .split import fraction_rows, split_rows
+from .strategies import Phase, Strategy, parse_strategy
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is an error, not a silent fallback."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+class TensorBatches:
+    """Mini-batches from the uint8 image cache: index, convert, normalise, augment, on the device.
+
+    On a GPU the selected rows are copied to device memory once, so an epoch is pure tensor work.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, batch_size: int,
+                 device: torch.device, mean: tuple, std: tuple, augment: str = "none", seed: int | None = None):
+        rows_tensor = torch.as_tensor(rows, dtype=torch.long)
+        self.images = images[rows_tensor].to(device) if device.type == "cuda" else images
+        self.labels = labels[rows_tensor].to(device)
+        self.rows = torch.arange(len(rows)) if device.type == "cuda" else rows_tensor
+        self.batch_size, self.device = batch_size, device
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.augment = AUGMENTATIONS[augment]
+        self.shuffle = seed is not None
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.rows), generator=self.generator) if self.shuffle else torch.arange(len(self.rows))
+        for start in range(0, len(order), self.batch_size):
+            positions = order[start:start + self.batch_size]
+            images = self.images[self.rows[positions]].to(self.device, non_blocking=True).float().div_(255)
+            images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+            images = (images - self.mean) / self.std
+            if self.shuffle:
+                images = self.augment(images, self.generator)
+            yield images, self.labels[positions.to(self.labels.device)]
+
+
+def build_model(cell: dict, num_classes: int, weights_file: Path | None) -> TransferModel:
+    """Backbone (random or from the weights file) plus a freshly initialised head."""
+    spec = resolve_backbone(cell["backbone"])
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)["state_dict"] if weights_file else None
+    backbone = build_backbone(spec, state)
+    head = build_head(cell["head"], backbone.num_features, num_classes, cell.get("head_options"))
+    return TransferModel(backbone, head, train_bn=bool(cell.get("train_bn", False)))
+
+
+def build_optimizer(model: nn.Module, optimizer_cfg: dict, lr: float) -> torch.optim.Optimizer:
+    """A fresh optimizer over the parameters that are trainable right now."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer_cfg["name"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=optimizer_cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=lr, momentum=optimizer_cfg["momentum"],
+                           nesterov=optimizer_cfg["nesterov"] and optimizer_cfg["momentum"] > 0,
+                           weight_decay=optimizer_cfg["weight_decay"])
+
+
+def lr_factor(schedule: dict, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate for a 0-based epoch."""
+    if schedule["name"] == "step":
+        return schedule["gamma"] ** (epoch // schedule["step_size"])
+    if schedule["name"] == "cosine":
+        warmup = schedule["warmup_epochs"]
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        progress = (epoch - warmup) / max(1, epochs - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch
+
+
+def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
+                    loss_fn: nn.Module) -> tuple[float, float]:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: TensorBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every row, in row order."""
+    model.eval()
+    outputs = [(model(images), labels) for images, labels in batches]
+    return torch.cat([o[0] for o in outputs]).float().cpu(), torch.cat([o[1] for o in outputs]).cpu()
+
+
+def evaluate(model: nn.Module, batches: TensorBatches, loss_fn: nn.Module) -> tuple[float, float]:
+    logits, labels = predict(model, batches)
+    return loss_fn(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole fit
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_state: dict
+    best_epoch: int
+    best_val_acc: float
+    best_val_loss: float
+    parameter_counts: dict
+
+
+def _is_better(val_acc: float, val_loss: float, best_acc: float, best_loss: float) -> bool:
+    """Higher validation accuracy wins; a tie goes to the lower validation loss."""
+    return val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
+
+
+def fit(model: TransferModel, strategy: Strategy, train_batches: TensorBatches, val_batches: TensorBatches,
+        cell: dict, log: Log = print) -> FitResult:
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cell["label_smoothing"])
+    num_stages = len(model.backbone.stage_names)
+    base_lr = cell["optimizer"]["lr"]
+    phase: Phase | None = None
+    history, best = [], None
+    best_acc, best_loss = -1.0, math.inf
+    for epoch in range(cell["epochs"]):
+        next_phase = strategy.phase(epoch, num_stages)
+        if next_phase != phase:  # a new phase changes what trains, so the optimizer starts afresh
+            phase = next_phase
+            model.apply_phase(phase)
+            optimizer = build_optimizer(model, cell["optimizer"], base_lr)
+            log(f"epoch {epoch + 1}: phase {phase.name!r}, {model.parameter_counts()}")
+        lr = (phase.lr or base_lr) * lr_factor(cell["schedule"], epoch, cell["epochs"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(model, train_batches, optimizer, loss_fn)
+        val_loss, val_acc = evaluate(model, val_batches, loss_fn)
+        row = {"epoch": epoch + 1, "phase": phase.name, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
+        history.append(row)
+        log("epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
+            "acc {val_acc:.4f} | lr {lr:.2g} | {seconds:.1f}s".format(**row))
+        if _is_better(val_acc, val_loss, best_acc, best_loss):
+            best_acc, best_loss = val_acc, val_loss
+            best = (epoch + 1, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+    return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts())
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point used by the Snakemake rule
+
+
+@dataclass
+class CellInputs:
+    cache: Path
+    split: Path
+    classes: Path
+    weights: Path | None
+
+
+def make_batches(cell: dict, images, labels, rows, device, train: bool) -> TensorBatches:
+    prep = preprocessing(resolve_backbone(cell["backbone"]), cell["weights"])
+    return TensorBatches(images, labels, rows, cell["batch_size"], device, prep.mean, prep.std,
+                         augment=cell["augment"] if train else "none", seed=cell["seed"] if train else None)
+
+
+def train_cell(cell: dict, inputs: CellInputs, out_dir: Path, threads: int = 1, log: Log = print) -> dict:
+    """Train one cell and write model.pt, history.csv, train.json and cell.json into ``out_dir``."""
+    torch.set_num_threads(threads)
+    seed_everything(cell["seed"])
+    device = resolve_device(cell["device"])
+    images, labels = load_cache(inputs.cache)
+    split = pd.read_csv(inputs.split)
+    classes = read_json(inputs.classes)["classes"]
+    train_rows, val_rows = fraction_rows(split, cell["fraction"]), split_rows(split, "val")
+    log(f"cell {cell}; device {device}; {len(train_rows)} train / {len(val_rows)} val images")
+
+    model = build_model(cell, len(classes), inputs.weights).to(device)
+    strategy = parse_strategy(cell["strategy"], cell.get("strategy_options"))
+    started = time.perf_counter()
+    result = fit(model, strategy, make_batches(cell, images, labels, train_rows, device, True),
+                 make_batches(cell, images, labels, val_rows, device, False), cell, log)
+    wall = time.perf_counter() - started
+
+    summary = {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+               "best_val_loss": result.best_val_loss, "epochs_run": len(result.history),
+               **result.parameter_counts, "wall_seconds": wall, "device": str(device),
+               "num_train": len(train_rows), "num_val": len(val_rows), "num_classes": len(classes)}
+    write_outputs(out_dir, cell, classes, result, summary)
+    return summary
+
+
+def write_outputs(out_dir: Path, cell: dict, classes: list, result: FitResult, summary: dict) -> None:
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"state_dict": result.best_state, "cell": cell, "classes": classes}, tmp)
+    write_csv(pd.DataFrame(result.history), out_dir / "history.csv")
+    write_json(out_dir / "train.json", summary)
+    write_json(out_dir / "cell.json", cell)
