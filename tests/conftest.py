@@ -20,9 +20,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_server():
-    """``serve(directory) -> base_url``: serve a directory on 127.0.0.1 (free port) for this test."""
+def _serving():
+    """``serve(directory) -> base_url``: serve a directory on 127.0.0.1 (free port)."""
     servers = []
 
     def serve(directory) -> str:
@@ -36,6 +35,16 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_server():
+    yield from _serving()
+
+
+@pytest.fixture(scope="module")
+def http_server_module():
+    yield from _serving()
 
 
 def write_image(path: Path, mode: str = "RGB", size=(8, 8), seed: int = 0) -> Path:

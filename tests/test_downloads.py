@@ -1,5 +1,6 @@
 import hashlib
 import io
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -108,6 +109,14 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _zip_symlink(path: Path, name: str, target: str) -> Path:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, target)
+    return path
+
+
 def _tar_member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, linkname: str = ""):
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, linkname, len(data)
@@ -124,10 +133,13 @@ def _tar(path: Path, members: list, mode: str = "w") -> Path:
 UNSAFE_ARCHIVES = {
     "zip-dotdot": lambda d: _zip(d / "a.zip", {"ok.txt": b"ok", "../evil.txt": b"evil"}),
     "zip-absolute": lambda d: _zip(d / "a.zip", {"/tmp/evil": b"evil"}),
+    "zip-symlink": lambda d: _zip_symlink(d / "a.zip", "link", "/etc/passwd"),
     "tar-dotdot": lambda d: _tar(d / "a.tar", [_tar_member("ok.txt", b"ok"), _tar_member("../x", b"evil")]),
     "tar-absolute": lambda d: _tar(d / "a.tar", [_tar_member("/tmp/evil", b"evil")]),
     "tar-symlink-out": lambda d: _tar(d / "a.tar", [_tar_member("link", kind=tarfile.SYMTYPE, linkname="../../etc")]),
-    "tar-symlink-abs": lambda d: _tar(d / "a.tgz", [_tar_member("link", kind=tarfile.SYMTYPE, linkname="/etc/passwd")], "w:gz"),
+    "tar-symlink-abs": lambda d: _tar(
+        d / "a.tgz", [_tar_member("link", kind=tarfile.SYMTYPE, linkname="/etc/passwd")], "w:gz"
+    ),
     "tar-hardlink-out": lambda d: _tar(d / "a.tar", [_tar_member("h", kind=tarfile.LNKTYPE, linkname="../outside")]),
     "tar-symlink-chain": lambda d: _tar(
         d / "a.tar",
@@ -159,11 +171,10 @@ def test_unsafe_archive_is_rejected_and_leaves_nothing(tmp_path, case):
 
 
 def test_good_zip_extracts(tmp_path):
-    archive = _zip(tmp_path / "good.zip", {"top/a/1.txt": b"one", "top/b/2.txt": b"two", "top/x/../c.txt": b"c"})
+    archive = _zip(tmp_path / "good.zip", {"top/a/1.txt": b"one", "top/b/2.txt": b"two"})
     target = safe_extract(archive, tmp_path / "out")
     assert (target / "top/a/1.txt").read_bytes() == b"one"
     assert (target / "top/b/2.txt").read_bytes() == b"two"
-    assert (target / "top/c.txt").read_bytes() == b"c"
 
 
 def test_good_tar_gz_extracts_with_inner_symlink(tmp_path):

@@ -1,19 +1,17 @@
 # Config validation and the helpers that turn grid coordinates into file names.
-import os
 import sys
 from pathlib import Path
 
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
-# The transfergrid package must import in this process and in every job's script, including jobs
-# in conda environments and on cluster nodes (which re-read this file), with or without an install.
-sys.path.insert(0, str(WORKFLOW_DIR))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKFLOW_DIR), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or without an install
 
 from transfergrid.backbones import weights_need_file
+from transfergrid.jobs import export_package_path
 from transfergrid.config import validate_config
 from transfergrid.grid import CELL_PATTERN, Cell, cell_config, expand_cells, image_size
 
 validate_config(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml")
+export_package_path(WORKFLOW_DIR)
 
 CELLS = expand_cells(config)
 LOGS = "results/logs"
@@ -69,5 +67,6 @@ def gpus_per_job():
 
 
 def package_source(module):
-    """A package module as a rule input: editing it reruns that rule (and what follows) only."""
+    """A package module to list among the inputs of the job that uses it, so that editing it
+    reruns that job (and what follows) only."""
     return str(WORKFLOW_DIR / "transfergrid" / module)

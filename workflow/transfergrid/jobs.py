@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable
 
@@ -26,3 +27,11 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
             log(f"error: {error}")
             print(f"transfergrid error in rule {smk.rule}: {error}", file=console)
             raise SystemExit(1) from None
+
+
+def export_package_path(workflow_dir) -> None:
+    """Make the package importable by every job's script: jobs inherit the environment, including
+    jobs in conda environments and on cluster nodes (which re-read the workflow and call this)."""
+    entries = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    if str(workflow_dir) not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(workflow_dir), *entries])

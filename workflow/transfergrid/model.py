@@ -55,7 +55,9 @@ class TransferModel(nn.Module):
             for module in self._frozen:
                 for sub in module.modules():
                     if not (self.train_bn and isinstance(sub, _NORM_TYPES)):
-                        sub.eval()  # also stops dropout/stochastic depth in frozen parts
+                        # Per module, not recursive (eval() would reach the norms too); this also
+                        # stops dropout and stochastic depth inside frozen parts.
+                        sub.training = False
         return self
 
     def parameter_counts(self) -> dict[str, int]:

@@ -216,12 +216,13 @@ def plot_heatmaps(tables: list[tuple[str, pd.DataFrame]]):
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
                              figsize=(ncols * (2.6 + 0.9 * n_columns), nrows * (1.1 + 0.45 * n_rows)))
     used = []
-    for ax, (title, table) in zip(axes.flat, tables):
+    for i, (ax, (title, table)) in enumerate(zip(axes.flat, tables)):
         sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".3f",
-                    cbar=False, linewidths=0.5, linecolor="white")
+                    cbar=False, linewidths=0.5, linecolor="white", yticklabels=i % ncols == 0)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("strategy")
-        ax.set_ylabel("backbone · weights")
+        ax.set_ylabel("backbone · weights" if i % ncols == 0 else "")
+        ax.tick_params(axis="y", rotation=0)
         used.append(ax)
     for ax in list(axes.flat)[len(tables):]:
         ax.set_visible(False)
@@ -276,6 +277,7 @@ def plot_confusion(confusion: pd.DataFrame, title: str):
     sns.heatmap(pd.DataFrame(rates, index=confusion.index, columns=confusion.columns), ax=ax, vmin=0, vmax=1,
                 cmap="Blues", annot=counts if n <= 20 else False, fmt="d", square=True,
                 cbar_kws={"label": "fraction of the true class"})
+    ax.tick_params(axis="y", rotation=0)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=8)

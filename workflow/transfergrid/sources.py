@@ -222,12 +222,14 @@ def _collect_folder(name: str, spec: dict, out_dir: Path, archive: Path | None, 
 # --------------------------------------------------------------------------- url sources
 
 
-def _archive_root(extracted: Path, subdir: str | None) -> Path:
+def _archive_root(name: str, extracted: Path, subdir: str | None) -> Path:
     """The ImageFolder root inside an extracted archive."""
     if subdir:
         root = (extracted / subdir).resolve()
         if not root.is_relative_to(extracted.resolve()) or not root.is_dir():
-            raise DataError(f"subdir {subdir!r} is not a directory inside the extracted archive {extracted}")
+            raise DataError(
+                f"datasets.{name}.subdir: {subdir!r} is not a directory inside the extracted archive {extracted}"
+            )
         return extracted / subdir
     entries = [p for p in extracted.iterdir() if not _is_ignored(p.name)]
     top_dirs = [p for p in entries if p.is_dir()]
@@ -247,7 +249,7 @@ def _collect_url(name: str, spec: dict, out_dir: Path, archive: Path | None, opt
         archive = download(url, spec.get("sha256"), out_dir / "download" / filename)
     extracted = safe_extract(archive, out_dir / "images")
     log(f"{name}: extracted {archive} into {extracted}")
-    return _subsample_files(_collect_folder_tree(_archive_root(extracted, spec.get("subdir"))), options)
+    return _subsample_files(_collect_folder_tree(_archive_root(name, extracted, spec.get("subdir"))), options)
 
 
 # --------------------------------------------------------------------------- in-memory sources
@@ -557,6 +559,15 @@ def _finalise(name: str, kind: str, collected: Collected, out_dir: Path, options
     write_csv(manifest, out_dir / "manifest.csv")
     write_json(out_dir / "classes.json", info)
     return info
+
+
+def read_manifest(path: str | Path):
+    """Read a manifest.csv keeping its types: class names like "0" and empty splits stay strings."""
+    import pandas as pd
+
+    return pd.read_csv(
+        path, dtype={"path": str, "label": int, "class_name": str, "split": str}, keep_default_na=False
+    )
 
 
 SOURCE_COLLECTORS: dict[str, Callable[..., Collected]] = {

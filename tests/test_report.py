@@ -1,0 +1,306 @@
+"""aggregate_cells and render_report on small synthetic, internally consistent cell directories."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfergrid.aggregate import COORDINATES, SUMMARY_COLUMNS, aggregate_cells
+from transfergrid.errors import TransferGridError
+from transfergrid.report import heatmap_tables, load_summary, recipe_leaderboard, render_report
+
+CLASSES = ["cat", "dog", "fox"]
+MODELS = [("resnet18", "none"), ("mobilenet_v3_small", "imagenet_pkg")]
+STRATEGIES = ["full", "frozen"]
+SEEDS = [0, 1]
+
+# (backbone, weights, strategy) -> (val_acc, test_top1) per seed. The pretrained "full" recipe wins on
+# validation; the scratch "full" cell with seed 1 has the highest *test* accuracy of all, so a report
+# that chose by test would pick it.
+SCORES = {
+    ("mobilenet_v3_small", "imagenet_pkg", "full"): [(0.90, 0.80), (0.92, 0.81)],
+    ("mobilenet_v3_small", "imagenet_pkg", "frozen"): [(0.85, 0.84), (0.84, 0.83)],
+    ("resnet18", "none", "full"): [(0.60, 0.86), (0.62, 0.95)],
+    ("resnet18", "none", "frozen"): [(0.40, 0.38), (0.42, 0.41)],
+}
+VAL_BEST = ("mobilenet_v3_small", "imagenet_pkg", "full", 1)
+TEST_BEST = ("resnet18", "none", "full", 1)
+
+
+def confusion_for(top1: float, num_test: int = 60) -> np.ndarray:
+    """A square confusion matrix of ``num_test`` images whose accuracy is close to ``top1``."""
+    per_class = num_test // len(CLASSES)
+    correct = round(top1 * per_class)
+    matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+    for i in range(len(CLASSES)):
+        matrix[i, i] = correct
+        matrix[i, (i + 1) % len(CLASSES)] = per_class - correct
+    return matrix
+
+
+def write_cell(root: Path, backbone: str, weights: str, strategy: str, seed: int, val_acc: float,
+               top1: float, dataset: str = "flowers", fraction: float = 1.0, head: str = "linear",
+               epochs: int = 4) -> Path:
+    cell_dir = root / "cells" / dataset / repr(fraction) / backbone / weights / strategy / head / f"seed{seed}"
+    cell_dir.mkdir(parents=True)
+    cell = {"dataset": dataset, "fraction": fraction, "backbone": backbone, "weights": weights,
+            "strategy": strategy, "head": head, "seed": seed, "image_size": 64, "epochs": epochs,
+            "batch_size": 16, "optimizer": {"name": "adamw", "lr": 1e-3}, "schedule": {"name": "cosine"},
+            "augment": "light", "device": "cpu", "label_smoothing": 0.0}
+    epoch = np.arange(1, epochs + 1)
+    val_curve = val_acc * np.array([0.6, 0.8, 1.0, 0.97])[:epochs]
+    history = pd.DataFrame({
+        "epoch": epoch, "phase": "train", "train_loss": 1.2 / epoch, "train_acc": np.minimum(1, val_curve + 0.05),
+        "val_loss": 1.3 / epoch + 0.05 * epoch, "val_acc": val_curve, "lr": 1e-3 / epoch, "seconds": 1.5})
+    frozen = strategy == "frozen"
+    total = 1_000_000 if backbone == "resnet18" else 500_000
+    trainable = 3 * 64 + 3 if frozen else total
+    train = {"best_epoch": 3, "best_val_acc": val_acc, "best_val_loss": 0.5, "epochs_run": epochs,
+             "trainable_params": trainable, "frozen_params": total - trainable, "total_params": total,
+             "wall_seconds": 6.0 + seed, "device": "cpu", "num_train": int(90 * fraction), "num_val": 30,
+             "num_classes": len(CLASSES)}
+    matrix = confusion_for(top1)
+    accuracy = float(np.trace(matrix) / matrix.sum())
+    test = {"top1": top1, "balanced_accuracy": accuracy, "macro_f1": accuracy - 0.01,
+            "num_test": int(matrix.sum()), "classes": CLASSES}
+    confusion = pd.DataFrame(matrix, columns=CLASSES)
+    confusion.insert(0, "true", CLASSES)
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=6)
+    predictions = pd.DataFrame({"index": range(6), "label": [0, 1, 2] * 2, "pred": probs.argmax(1)})
+    for i, name in enumerate(CLASSES):
+        predictions[f"p_{name}"] = probs[:, i]
+
+    (cell_dir / "cell.json").write_text(json.dumps(cell))
+    (cell_dir / "train.json").write_text(json.dumps(train))
+    (cell_dir / "test.json").write_text(json.dumps(test))
+    history.to_csv(cell_dir / "history.csv", index=False)
+    confusion.to_csv(cell_dir / "confusion.csv", index=False)
+    predictions.to_csv(cell_dir / "predictions.csv", index=False)
+    return cell_dir
+
+
+def write_grid(root: Path, dataset: str = "flowers") -> dict[tuple, Path]:
+    """The 8 cells of SCORES, keyed by (backbone, weights, strategy, seed)."""
+    cells = {}
+    for (backbone, weights, strategy), per_seed in SCORES.items():
+        for seed, (val_acc, top1) in zip(SEEDS, per_seed):
+            cells[(backbone, weights, strategy, seed)] = write_cell(
+                root, backbone, weights, strategy, seed, val_acc, top1, dataset=dataset)
+    return cells
+
+
+@pytest.fixture()
+def grid(tmp_path):
+    cells = write_grid(tmp_path)
+    summary_csv = tmp_path / "summary.csv"
+    # shuffled input order: the summary must come out sorted regardless
+    summary = aggregate_cells(list(reversed(list(cells.values()))), summary_csv)
+    return cells, summary, summary_csv
+
+
+@pytest.fixture()
+def rendered(grid, tmp_path):
+    cells, summary, summary_csv = grid
+    out = tmp_path / "report" / "report.html"
+    render_report(summary_csv, out)
+    return cells, summary_csv, out, out.read_text(encoding="utf-8")
+
+
+class TableRows(HTMLParser):
+    """The text of every cell of every row of the table with the given id."""
+
+    def __init__(self, table_id: str):
+        super().__init__()
+        self.table_id, self.depth, self.rows, self.row, self.cell = table_id, 0, [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and (self.depth or attrs.get("id") == self.table_id):
+            self.depth += 1
+        elif self.depth and tag == "tr":
+            self.row = []
+        elif self.depth and tag == "td":
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self.depth:
+            self.depth -= 1
+        elif self.depth and tag == "td" and self.cell is not None:
+            self.row.append(self.cell)
+            self.cell = None
+        elif self.depth and tag == "tr" and self.row:
+            self.rows.append(self.row)
+            self.row = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def table_rows(page: str, table_id: str) -> list[list[str]]:
+    parser = TableRows(table_id)
+    parser.feed(page)
+    return parser.rows
+
+
+def section(page: str, section_id: str) -> str:
+    match = re.search(rf'<section id="{section_id}">(.*?)</section>', page, flags=re.S)
+    assert match, f"no section {section_id}"
+    return match.group(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregate_cells
+
+
+def test_aggregate_has_one_sorted_row_per_cell_with_all_columns(grid):
+    cells, summary, summary_csv = grid
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert len(summary) == len(cells) == 8
+    assert not summary.duplicated(list(COORDINATES)).any()
+    assert summary.equals(summary.sort_values(list(COORDINATES), ignore_index=True))
+    on_disk = pd.read_csv(summary_csv, keep_default_na=False)
+    assert list(on_disk.columns) == list(SUMMARY_COLUMNS) and len(on_disk) == 8
+    assert set(on_disk["weights"]) == {"none", "imagenet_pkg"}  # "none" must not turn into NaN
+    assert not [p.name for p in summary_csv.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_aggregate_values_and_pretrained_flag(grid):
+    cells, summary, _ = grid
+    assert summary["pretrained"].dtype == bool
+    assert (summary["pretrained"] == (summary["weights"] != "none")).all()
+    assert summary["pretrained"].sum() == 4
+    row = summary.set_index(["backbone", "weights", "strategy", "seed"]).loc[TEST_BEST]
+    assert row["val_acc"] == 0.62 and row["test_top1"] == 0.95
+    assert row["fraction"] == 1.0 and row["best_epoch"] == 3 and row["num_classes"] == 3
+    assert row["trainable_params"] == 1_000_000 and row["frozen_params"] == 0
+    assert row["cell_dir"] == str(cells[TEST_BEST])
+
+
+@pytest.mark.parametrize("name", ["test.json", "train.json", "cell.json"])
+def test_aggregate_names_a_missing_file(tmp_path, name):
+    cells = write_grid(tmp_path)
+    missing = cells[VAL_BEST] / name
+    missing.unlink()
+    out = tmp_path / "summary.csv"
+    with pytest.raises(TransferGridError, match=re.escape(str(missing))):
+        aggregate_cells(list(cells.values()), out)
+    assert not out.exists()
+
+
+def test_aggregate_names_a_missing_key(tmp_path):
+    cells = write_grid(tmp_path)
+    path = cells[VAL_BEST] / "test.json"
+    path.write_text(json.dumps({"top1": 0.5}))
+    with pytest.raises(TransferGridError, match=re.escape(str(path)) + ".*balanced_accuracy"):
+        aggregate_cells(list(cells.values()), tmp_path / "summary.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# report data
+
+
+def test_leaderboard_ranks_by_validation_not_test(grid):
+    _, summary, summary_csv = grid
+    board = recipe_leaderboard(load_summary(summary_csv))
+    assert len(board) == 4 and (board["n_seeds"] == 2).all()
+    order = list(zip(board["backbone"], board["weights"], board["strategy"]))
+    by_val = sorted(SCORES, key=lambda k: -np.mean([v for v, _ in SCORES[k]]))
+    assert order == by_val
+    assert list(board["rank"]) == [1, 2, 3, 4]
+
+
+def test_heatmap_tables_separate_pretrained_and_scratch_rows(grid):
+    _, _, summary_csv = grid
+    summary = load_summary(summary_csv)
+    tables = heatmap_tables(summary)
+    assert len(tables) == 1
+    title, table = tables[0]
+    assert "dataset=flowers" in title and "fraction=1.0" in title and "head=linear" in title
+    assert list(table.index) == ["mobilenet_v3_small · imagenet_pkg", "resnet18 · none"]
+    assert list(table.columns) == ["frozen", "full"]
+    assert table.loc["resnet18 · none", "full"] == pytest.approx((0.86 + 0.95) / 2)
+    with pytest.raises(TransferGridError, match="freeze_depth"):
+        heatmap_tables(summary, facet_by=("freeze_depth",))
+
+
+def test_heatmap_facets_follow_the_parameter(tmp_path):
+    cells = list(write_grid(tmp_path / "a", dataset="flowers").values())
+    cells += list(write_grid(tmp_path / "b", dataset="pets").values())
+    summary = aggregate_cells(cells, tmp_path / "summary.csv")
+    assert [t for t, _ in heatmap_tables(summary)] == [
+        "dataset=flowers · fraction=1.0 · head=linear", "dataset=pets · fraction=1.0 · head=linear"]
+    assert [t for t, _ in heatmap_tables(summary, facet_by=("head",))] == ["head=linear"]
+    tables = heatmap_tables(summary, facet_by=("dataset", "strategy"))
+    assert len(tables) == 4 and all(table.shape == (2, 2) for _, table in tables)
+
+
+# ----------------------------------------------------------------------------------------------
+# render_report
+
+
+def test_report_lists_every_recipe_with_its_init(rendered):
+    _, _, _, page = rendered
+    rows = table_rows(page, "leaderboard-table")
+    assert len(rows) == 4
+    # columns: rank, dataset, fraction, backbone, init, strategy, head, seeds, val, test, ...
+    seen = [(r[3], r[4], r[5]) for r in rows]
+    assert seen == [("mobilenet_v3_small", "pretrained (imagenet_pkg)", "full"),
+                    ("mobilenet_v3_small", "pretrained (imagenet_pkg)", "frozen"),
+                    ("resnet18", "scratch", "full"),
+                    ("resnet18", "scratch", "frozen")]
+    assert rows[0][0] == "1" and rows[0][7] == "2"
+    assert rows[0][8] == "0.910 ± 0.014"  # mean ± std of the validation accuracies 0.90 and 0.92
+    assert "validation" in section(page, "leaderboard") and "never by a test" in page
+
+
+def test_report_is_self_contained(rendered):
+    _, _, out, page = rendered
+    assert page.count("data:image/png;base64,") >= 3
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, flags=re.I)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert not [p.name for p in out.parent.iterdir() if p.name != "report.html"]
+    for section_id in ("leaderboard", "heatmaps", "curves", "confusion"):
+        assert 'class="how"' in section(page, section_id)
+
+
+def test_confusion_section_shows_the_validation_best_cell(rendered):
+    cells, _, _, page = rendered
+    best = section(page, "confusion")
+    assert str(cells[VAL_BEST]) in best
+    assert str(cells[TEST_BEST]) not in best  # the test-best cell must not be chosen
+    assert "0.8100" in best  # the val-best cell's own test top-1
+    assert "0.9500" not in best
+    assert best.count("data:image/png;base64,") == 1
+
+
+def test_rendering_twice_gives_identical_bytes(rendered, tmp_path):
+    _, summary_csv, out, _ = rendered
+    again = tmp_path / "again.html"
+    render_report(summary_csv, again)
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_strings_from_data_are_escaped(tmp_path):
+    cells = [write_cell(tmp_path, "net", "none", "full", 0, 0.5, 0.5, dataset="a<b>&c"),
+             write_cell(tmp_path, "net", "imagenet_pkg", "full", 0, 0.6, 0.6, dataset="a<b>&c")]
+    aggregate_cells(cells, tmp_path / "summary.csv")
+    render_report(tmp_path / "summary.csv", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "a&lt;b&gt;&amp;c" in page and "a<b>" not in page
+
+
+def test_report_names_a_missing_history(grid, tmp_path):
+    cells, _, summary_csv = grid
+    missing = cells[VAL_BEST[:3] + (0,)] / "history.csv"  # curves are drawn from the lowest seed
+    missing.unlink()
+    with pytest.raises(TransferGridError, match=re.escape(str(missing))):
+        render_report(summary_csv, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()

@@ -1,0 +1,67 @@
+"""Split stratification, nesting of training fractions, pre-split sources."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfergrid.errors import DataError
+from transfergrid.split import fraction_rows, make_split, split_rows
+
+
+def manifest(counts, split=""):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": labels,
+                         "class_name": labels.astype(str), "split": split})
+
+
+def test_split_is_stratified_and_disjoint():
+    table = make_split(manifest([100, 60, 40]), val=0.2, test=0.1, seed=3)
+    for label, size in enumerate([100, 60, 40]):
+        rows = table[table.label == label]
+        assert (rows.split == "val").sum() == round(size * 0.2)
+        assert (rows.split == "test").sum() == round(size * 0.1)
+    assert set(table.split) == {"train", "val", "test"}
+    assert len(set(split_rows(table, "train")) & set(split_rows(table, "test"))) == 0
+
+
+def test_split_is_seeded():
+    a = make_split(manifest([30, 30]), 0.2, 0.2, seed=1)
+    b = make_split(manifest([30, 30]), 0.2, 0.2, seed=1)
+    c = make_split(manifest([30, 30]), 0.2, 0.2, seed=2)
+    assert a.equals(b)
+    assert not a.split.equals(c.split)
+
+
+def test_fractions_are_nested_stratified_subsets_of_train():
+    table = make_split(manifest([200, 100, 50]), 0.15, 0.15, seed=0)
+    subsets = {f: set(fraction_rows(table, f)) for f in (0.1, 0.25, 0.5, 1.0)}
+    assert subsets[0.1] < subsets[0.25] < subsets[0.5] < subsets[1.0]
+    assert subsets[1.0] == set(split_rows(table, "train"))
+    train = table[table.split == "train"].groupby("label").size()
+    chosen = table.loc[table.row.isin(subsets[0.25])].groupby("label").size()
+    assert (chosen == np.maximum(1, np.round(train * 0.25))).all()
+
+
+def test_tiny_fraction_keeps_one_image_per_class():
+    table = make_split(manifest([20, 20, 20]), 0.2, 0.2, seed=0)
+    assert table.loc[table.row.isin(fraction_rows(table, 0.001)), "label"].value_counts().to_dict() == {0: 1, 1: 1, 2: 1}
+
+
+def test_presplit_train_test_carves_only_val_from_train():
+    data = manifest([50, 50])
+    data["split"] = ["test" if i % 5 == 0 else "train" for i in range(100)]
+    table = make_split(data, val=0.2, test=0.3, seed=0)
+    assert (table.split == "test").sum() == 20  # untouched: the source's own test split
+    assert ((table.split == "val") & (data.split == "test")).sum() == 0
+    assert (table.split == "val").sum() == 16
+
+
+def test_presplit_with_all_three_splits_is_kept_as_is():
+    data = manifest([10, 10])
+    data["split"] = (["train"] * 6 + ["val"] * 2 + ["test"] * 2) * 2
+    assert make_split(data, 0.5, 0.4, seed=0).split.tolist() == data.split.tolist()
+
+
+def test_impossible_ratios_are_a_clear_error():
+    with pytest.raises(DataError, match="split.val"):
+        make_split(manifest([10]), 0.6, 0.5, seed=0)

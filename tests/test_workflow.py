@@ -1,0 +1,172 @@
+"""End-to-end: real Snakemake on tiny real data (scikit-learn's digits), from every source kind.
+
+One module-scoped run builds a grid over three datasets (built-in, a folder, and a URL archive
+served from 127.0.0.1); the tests then check its outputs, that a re-run has nothing to do, that
+adding a seed trains only the new cell, and that editing the report code re-renders only the report.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from transfergrid.downloads import sha256_of
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES_PER_CLASS = 8
+
+
+def copy_workflow(workdir: Path) -> None:
+    """A private copy of the workflow, so a test may edit its code without touching the repo."""
+    shutil.copy(ROOT / "Snakefile", workdir / "Snakefile")
+    for folder in ("workflow", "envs"):
+        shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    if not (workdir / "Snakefile").exists():
+        copy_workflow(workdir)
+    command = [sys.executable, "-m", "snakemake", "-s", str(workdir / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule -> job count of what a dry run would execute (empty when there is nothing to do)."""
+    output = snakemake(workdir, "-n").stdout
+    table = re.search(r"Job stats:\n(.*?)\n\n", output + "\n\n", re.S)
+    if not table:
+        return {}
+    counts = {}
+    for line in table.group(1).splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def write_digit_folder(root: Path) -> None:
+    """Real digits as PNG files in an ImageFolder tree: the first images of classes 0-2."""
+    digits = load_digits()
+    for label in range(3):
+        for i, index in enumerate(np.flatnonzero(digits.target == label)[:IMAGES_PER_CLASS]):
+            path = root / f"digit{label}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((digits.images[index] * 15).astype(np.uint8), mode="L").save(path)
+
+
+def grid_config(datasets: dict, seeds=(0,)) -> dict:
+    return {
+        "datasets": datasets,
+        "grid": {"datasets": list(datasets), "fractions": [1.0], "backbones": [{"name": "resnet18", "weights": ["none"]}],
+                 "strategies": ["frozen"], "heads": ["linear"], "seeds": list(seeds)},
+        "split": {"val": 0.25, "test": 0.25, "seed": 0},
+        "train": {"image_size": 32, "epochs": 1, "batch_size": 16, "augment": "none", "device": "cpu"},
+        "resources": {"train_threads": 1, "cache_threads": 1, "train_mem_mb": 1000},
+    }
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, http_server_module):
+    workdir = tmp_path_factory.mktemp("grid")
+    write_digit_folder(workdir / "photos")
+    archive_dir = workdir / "served"
+    write_digit_folder(archive_dir / "tree" / "digits_web")
+    archive = archive_dir / "digits_web.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted((archive_dir / "tree").rglob("*.png")):
+            zf.write(path, path.relative_to(archive_dir / "tree"))
+    base_url = http_server_module(archive_dir)
+    datasets = {
+        "digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS},
+        "photos": {"source": "folder", "path": str(workdir / "photos")},
+        "web": {"source": "url", "url": f"{base_url}/digits_web.zip", "sha256": sha256_of(archive)},
+    }
+    config = grid_config(datasets)
+    write_config(workdir, config)
+    snakemake(workdir)
+    return workdir, config
+
+
+def test_every_source_kind_runs_to_a_report(finished_run):
+    workdir, _ = finished_run
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    assert sorted(summary.dataset) == ["digits", "photos", "web"]
+    assert {"dataset", "fraction", "backbone", "weights", "strategy", "head", "seed", "test_top1"} <= set(summary)
+    assert summary.test_top1.between(0, 1).all()
+    classes = {d: json.loads((workdir / f"results/datasets/{d}/classes.json").read_text()) for d in summary.dataset}
+    assert classes["digits"]["num_images"] == 10 * IMAGES_PER_CLASS
+    assert classes["photos"]["classes"] == ["digit0", "digit1", "digit2"]
+    assert classes["web"]["counts"] == {"digit0": IMAGES_PER_CLASS, "digit1": IMAGES_PER_CLASS, "digit2": IMAGES_PER_CLASS}
+    cell = workdir / "results/cells/web/1.0/resnet18/none/frozen/linear/seed0"
+    assert {"model.pt", "history.csv", "train.json", "cell.json", "test.json", "predictions.csv",
+            "confusion.csv"} <= {p.name for p in cell.iterdir()}
+    html = (workdir / "results/report/index.html").read_text()
+    assert "data:image/png;base64," in html and "photos" in html
+
+
+def test_rerun_has_nothing_to_do(finished_run):
+    workdir, _ = finished_run
+    assert planned_jobs(workdir) == {}
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+
+def test_editing_the_report_code_rerenders_only_the_report(finished_run):
+    workdir, _ = finished_run
+    report_code = workdir / "workflow" / "transfergrid" / "report.py"
+    original = report_code.read_text()
+    report_code.write_text(original + "\n# an edit to the report code\n")
+    try:
+        assert planned_jobs(workdir) == {"all": 1, "report": 1}
+    finally:
+        report_code.write_text(original)
+
+
+def test_adding_a_seed_runs_only_the_new_cell(finished_run):
+    workdir, config = finished_run
+    old_model = workdir / "results/cells/digits/1.0/resnet18/none/frozen/linear/seed0/model.pt"
+    old_mtime = old_model.stat().st_mtime_ns
+    config = {**config, "grid": {**config["grid"], "datasets": ["digits"], "seeds": [0, 1]}}
+    write_config(workdir, config)
+    assert planned_jobs(workdir) == {"all": 1, "train_cell": 1, "evaluate_cell": 1, "aggregate": 1, "report": 1}
+    snakemake(workdir)
+    assert old_model.stat().st_mtime_ns == old_mtime
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    assert sorted(summary.seed) == [0, 1]
+
+
+def test_bad_config_stops_before_any_job_with_one_line(tmp_path):
+    config = grid_config({"digits": {"source": "builtin", "name": "digits"}})
+    config["grid"]["strategies"] = ["frozn"]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert "config key 'grid.strategies[0]': unknown strategy 'frozn'; valid names:" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_lint_passes():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"),
+                             "--directory", str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
