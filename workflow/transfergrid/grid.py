@@ -33,6 +33,24 @@ class Cell:
         return CELL_PATTERN.format(**asdict(self))
 
 
+def _cell_weights(strategy: str, weights: str) -> str:
+    """Recipes such as `scratch` always start from the same weights, whatever the backbone lists."""
+    from .strategies import parse_strategy
+
+    return parse_strategy(strategy).forced_weights or weights
+
+
+def _compatible(strategy: str, weights: str, head: str) -> bool:
+    """Skip recipes that cannot be run as named: a head fit in closed form on cached features
+    (logreg) needs a frozen base, and two_phase/gradual mean nothing from random weights."""
+    from .heads import HEADS
+    from .strategies import parse_strategy
+
+    if getattr(HEADS[head], "frozen_only", False) and strategy != "frozen":
+        return False
+    return not (parse_strategy(strategy).pretrained_only and weights == "none")
+
+
 def expand_cells(config: dict) -> list[Cell]:
     """Every combination of the grid axes; each backbone only with its own weight sources."""
     grid = config["grid"]
@@ -41,8 +59,9 @@ def expand_cells(config: dict) -> list[Cell]:
         grid["datasets"], [format_fraction(f) for f in grid["fractions"]], models,
         grid["strategies"], grid["heads"], grid["seeds"],
     )
-    cells = [Cell(d, f, b, w, s, h, int(seed)) for d, f, (b, w), s, h, seed in combos]
-    return list(dict.fromkeys(cells))  # drop duplicates, keep order
+    cells = [Cell(d, f, b, _cell_weights(s, w), s, h, int(seed))
+             for d, f, (b, w), s, h, seed in combos if _compatible(s, _cell_weights(s, w), h)]
+    return list(dict.fromkeys(cells))  # drop duplicates (e.g. scratch over several weights), keep order
 
 
 def image_size(config: dict, backbone: str, weights: str) -> int:
@@ -61,10 +80,16 @@ def cell_config(config: dict, cell: Cell) -> dict:
     affects and nothing else.
     """
     train = config["train"]
+    strategy_base = cell.strategy.partition(":")[0]
     return {
         **asdict(cell),
         "fraction": float(cell.fraction),
         "image_size": image_size(config, cell.backbone, cell.weights),
         **{key: train[key] for key in ("epochs", "batch_size", "augment", "optimizer", "schedule",
-                                       "label_smoothing", "device")},
+                                       "label_smoothing", "device", "train_bn", "early_stopping_patience",
+                                       "discriminative_lr")},
+        # Only this cell's own strategy and head options: editing another head's options must not
+        # rerun this cell.
+        "strategy_options": train["strategy_options"].get(strategy_base, {}),
+        "head_options": train["head_options"].get(cell.head, {}),
     }

@@ -9,28 +9,49 @@ from .backbones import Backbone
 from .strategies import Phase
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+AUX_LOSS_WEIGHT = 0.4  # inception_v3's auxiliary classifier, as in its paper and torchvision's recipe
 
 
 class TransferModel(nn.Module):
-    """backbone -> pooled features -> head. ``apply_phase`` freezes parts of the backbone.
+    """backbone -> features -> head. ``apply_phase`` freezes parts of the backbone.
 
     Frozen modules stay in eval mode even when the model is put in train mode, so their
-    BatchNorm running statistics never move (unless ``train_bn`` is set).
+    BatchNorm running statistics never move (unless ``train_bn`` is set). Backbones with an
+    auxiliary classifier (inception_v3) get an auxiliary head that only acts in training.
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Module, train_bn: bool = False):
+    def __init__(self, backbone: Backbone, head: nn.Module, num_classes: int, spatial_head: bool = False,
+                 train_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.spatial_head = spatial_head  # the head reads the global average of the feature map
+        aux_features = getattr(backbone, "aux_features", None)
+        self.aux_head = nn.Linear(aux_features, num_classes) if aux_features else None
         self.train_bn = train_bn
         self._frozen: list[nn.Module] = []
         self._base_frozen = False
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_stages(self) -> int:
+        return len(self.backbone.stage_names)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the head reads, and the auxiliary branch's features in training (else None)."""
+        if self.spatial_head:
+            return self.backbone.global_average(self.backbone.forward_features(images)), None
+        if self.aux_head is not None and self.training:
+            return self.backbone.forward_with_aux(images)
+        return self.backbone(images), None
+
+    def forward(self, images: torch.Tensor):
         # A fully frozen base needs no autograd graph: skipping it saves memory and time.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._base_frozen):
-            features = self.backbone(images)
-        return self.head(features)
+            features, aux_features = self.features(images)
+        logits = self.head(features)
+        if aux_features is not None and not self._base_frozen:
+            return logits, self.aux_head(aux_features)
+        return logits
 
     def frozen_modules(self, phase: Phase) -> list[nn.Module]:
         if phase.whole_base:
@@ -47,6 +68,8 @@ class TransferModel(nn.Module):
         for module in self._frozen:
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
+        if self.aux_head is not None:
+            self.aux_head.requires_grad_(not phase.whole_base)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "TransferModel":
@@ -59,6 +82,24 @@ class TransferModel(nn.Module):
                         # stops dropout and stochastic depth inside frozen parts.
                         sub.training = False
         return self
+
+    def optimizer_groups(self, discriminative_lr: float | None) -> list[dict]:
+        """Trainable parameters as optimizer groups with an ``lr_scale`` each.
+
+        With a discriminative factor f the head trains at scale 1, the top stage at f, the one below
+        at f^2 and so on; parameters outside any stage go with the head.
+        """
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if not discriminative_lr:
+            return [{"params": trainable, "lr_scale": 1.0}]
+        groups, staged = [], set()
+        for depth, stage in enumerate(reversed(self.backbone.stage_modules()), start=1):
+            params = [p for module in stage for p in module.parameters() if p.requires_grad and id(p) not in staged]
+            staged.update(id(p) for p in params)
+            if params:
+                groups.append({"params": params, "lr_scale": discriminative_lr ** depth})
+        rest = [p for p in trainable if id(p) not in staged]
+        return [{"params": rest, "lr_scale": 1.0}] + groups
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -22,6 +22,7 @@ class Strategy:
 
     name = "strategy"
     pretrained_only = False  # True when the recipe is meaningless from random weights
+    forced_weights: str | None = None  # the weight source this recipe always starts from
 
     def phase(self, epoch: int, num_stages: int) -> Phase:
         raise NotImplementedError
@@ -39,18 +40,74 @@ class FullFineTune(Strategy):
         return Phase(frozen_stages=0)
 
 
+class Scratch(FullFineTune):
+    """The baseline: random initialisation, everything trains (the cell's weights are forced to none)."""
+
+    name = "scratch"
+    forced_weights = "none"
+
+
 class FrozenBase(Strategy):
     """Freeze the whole backbone (BatchNorm in eval mode); only the head trains."""
 
     name = "frozen"
 
     def phase(self, epoch: int, num_stages: int) -> Phase:
-        return Phase(frozen_stages=num_stages, whole_base=True)
+        return Phase(frozen_stages=num_stages, whole_base=True, name="head")
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FullFineTune, FrozenBase)}
+class FreezeFirst(Strategy):
+    """Freeze the first k stages, train the rest and the head: `freeze:k` sweeps the depth."""
+
+    def __init__(self, k: str | int):
+        if not str(k).isdigit():
+            raise ValueError(f"freeze depth must be a whole number, got {k!r}")
+        self.k = int(k)
+        self.name = f"freeze:{self.k}"
+
+    def phase(self, epoch: int, num_stages: int) -> Phase:
+        if self.k > num_stages:
+            raise ValueError(f"strategy {self.name!r} asks for {self.k} frozen stages, the backbone has {num_stages}")
+        return Phase(frozen_stages=self.k)
+
+
+class TwoPhase(Strategy):
+    """Phase 1: base frozen, head trained at a high LR; phase 2: everything unfrozen at a low LR."""
+
+    name = "two_phase"
+    pretrained_only = True
+
+    def __init__(self, head_epochs: int = 3, head_lr: float = 1e-2, finetune_lr: float = 1e-4):
+        self.head_epochs, self.head_lr, self.finetune_lr = head_epochs, head_lr, finetune_lr
+
+    def phase(self, epoch: int, num_stages: int) -> Phase:
+        if epoch < self.head_epochs:
+            return Phase(frozen_stages=num_stages, whole_base=True, lr=self.head_lr, name="head")
+        return Phase(frozen_stages=0, lr=self.finetune_lr, name="finetune")
+
+
+class Gradual(Strategy):
+    """Gradual unfreezing: head only first, then one more stage from the top every M epochs."""
+
+    name = "gradual"
+    pretrained_only = True
+
+    def __init__(self, epochs_per_stage: int = 1):
+        self.epochs_per_stage = epochs_per_stage
+
+    def phase(self, epoch: int, num_stages: int) -> Phase:
+        unfrozen = epoch // self.epochs_per_stage
+        if unfrozen == 0:
+            return Phase(frozen_stages=num_stages, whole_base=True, name="head")
+        frozen = max(0, num_stages - unfrozen)
+        return Phase(frozen_stages=frozen, name=f"top{num_stages - frozen}")
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Scratch, FullFineTune, FrozenBase, TwoPhase, Gradual)
+}
 # Parametrised strategies, written `name:argument` in config.
-PARAMETRISED: dict[str, type] = {}
+PARAMETRISED: dict[str, type] = {"freeze": FreezeFirst}
 
 
 def strategy_names() -> list[str]:
@@ -59,9 +116,9 @@ def strategy_names() -> list[str]:
 
 def parse_strategy(name: str, options: dict | None = None) -> Strategy:
     """A strategy object from its config name; ValueError for unknown names."""
-    base, _, argument = name.partition(":")
-    if argument and base in PARAMETRISED:
+    base, colon, argument = name.partition(":")
+    if colon and base in PARAMETRISED:
         return PARAMETRISED[base](argument, **(options or {}))
-    if not argument and base in STRATEGIES:
+    if not colon and base in STRATEGIES:
         return STRATEGIES[base](**(options or {}))
     raise ValueError(f"unknown strategy {name!r}")

@@ -21,10 +21,10 @@ from torch import nn
 
 from .augment import AUGMENTATIONS
 from .backbones import build_backbone, preprocessing, resolve_backbone
-from .heads import build_head
+from .heads import HEADS, build_head, head_input_size, make_loss
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_csv, write_json
-from .model import TransferModel
+from .model import AUX_LOSS_WEIGHT, TransferModel
 from .split import fraction_rows, split_rows
 from .strategies import Phase, Strategy, parse_strategy
 
@@ -89,18 +89,32 @@ def build_model(cell: dict, num_classes: int, weights_file: Path | None) -> Tran
     spec = resolve_backbone(cell["backbone"])
     state = torch.load(weights_file, map_location="cpu", weights_only=True)["state_dict"] if weights_file else None
     backbone = build_backbone(spec, state)
-    head = build_head(cell["head"], backbone.num_features, num_classes, cell.get("head_options"))
-    return TransferModel(backbone, head, train_bn=bool(cell.get("train_bn", False)))
+    head_spec = HEADS[cell["head"]]
+    head = build_head(cell["head"], head_input_size(head_spec, backbone), num_classes, cell.get("head_options"))
+    return TransferModel(backbone, head, num_classes, spatial_head=head_spec.input == "spatial",
+                         train_bn=bool(cell.get("train_bn", False)))
 
 
-def build_optimizer(model: nn.Module, optimizer_cfg: dict, lr: float) -> torch.optim.Optimizer:
+def optimizer_groups(model: nn.Module, discriminative_lr: float | None) -> list[dict]:
+    if hasattr(model, "optimizer_groups"):
+        return model.optimizer_groups(discriminative_lr)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+
+def build_optimizer(model: nn.Module, cell: dict, lr: float) -> torch.optim.Optimizer:
     """A fresh optimizer over the parameters that are trainable right now."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer_cfg["name"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=optimizer_cfg["weight_decay"])
-    return torch.optim.SGD(params, lr=lr, momentum=optimizer_cfg["momentum"],
-                           nesterov=optimizer_cfg["nesterov"] and optimizer_cfg["momentum"] > 0,
-                           weight_decay=optimizer_cfg["weight_decay"])
+    settings = cell["optimizer"]
+    groups = optimizer_groups(model, cell.get("discriminative_lr"))
+    if settings["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=settings["weight_decay"])
+    return torch.optim.SGD(groups, lr=lr, momentum=settings["momentum"],
+                           nesterov=settings["nesterov"] and settings["momentum"] > 0,
+                           weight_decay=settings["weight_decay"])
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_factor(schedule: dict, epoch: int, epochs: int) -> float:
@@ -125,8 +139,11 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in batches:
-        logits = model(images)
+        outputs = model(images)
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
         loss = loss_fn(logits, labels)
+        if isinstance(outputs, tuple):  # auxiliary logits count in the training loss only
+            loss = loss + AUX_LOSS_WEIGHT * loss_fn(outputs[1], labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -168,11 +185,15 @@ def _is_better(val_acc: float, val_loss: float, best_acc: float, best_loss: floa
     return val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
 
 
-def fit(model: TransferModel, strategy: Strategy, train_batches: TensorBatches, val_batches: TensorBatches,
-        cell: dict, log: Log = print) -> FitResult:
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cell["label_smoothing"])
-    num_stages = len(model.backbone.stage_names)
-    base_lr = cell["optimizer"]["lr"]
+def fit(model: nn.Module, strategy: Strategy, train_batches, val_batches, cell: dict, log: Log = print) -> FitResult:
+    """Train for the configured epochs; keep the weights of the best validation epoch.
+
+    ``model`` is a TransferModel or anything with ``apply_phase`` and ``parameter_counts`` (a head
+    on cached features); the batches are any iterables of (inputs, labels).
+    """
+    loss_fn = make_loss(cell["head"], cell["label_smoothing"])
+    num_stages = getattr(model, "num_stages", 0)
+    base_lr, patience = cell["optimizer"]["lr"], cell.get("early_stopping_patience")
     phase: Phase | None = None
     history, best = [], None
     best_acc, best_loss = -1.0, math.inf
@@ -181,22 +202,26 @@ def fit(model: TransferModel, strategy: Strategy, train_batches: TensorBatches, 
         if next_phase != phase:  # a new phase changes what trains, so the optimizer starts afresh
             phase = next_phase
             model.apply_phase(phase)
-            optimizer = build_optimizer(model, cell["optimizer"], base_lr)
+            optimizer = build_optimizer(model, cell, base_lr)
             log(f"epoch {epoch + 1}: phase {phase.name!r}, {model.parameter_counts()}")
         lr = (phase.lr or base_lr) * lr_factor(cell["schedule"], epoch, cell["epochs"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(model, train_batches, optimizer, loss_fn)
         val_loss, val_acc = evaluate(model, val_batches, loss_fn)
         row = {"epoch": epoch + 1, "phase": phase.name, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started,
+               "trainable_params": model.parameter_counts()["trainable_params"],
+               "optimizer_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
         history.append(row)
         log("epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
             "acc {val_acc:.4f} | lr {lr:.2g} | {seconds:.1f}s".format(**row))
         if _is_better(val_acc, val_loss, best_acc, best_loss):
             best_acc, best_loss = val_acc, val_loss
             best = (epoch + 1, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+        elif patience and epoch + 1 - best[0] >= patience:
+            log(f"early stop: no better validation accuracy for {patience} epochs")
+            break
     return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts())
 
 
