@@ -1,0 +1,35 @@
+"""Run the workflow on a config in a fresh temporary directory and time it (no timed assertions:
+benchmarks print figures, the machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_grid(config: dict, cores: str = "all", keep: Path | None = None) -> tuple[float, Path]:
+    """Seconds for a cold `snakemake --cores <cores>` on ``config``, and the run directory."""
+    workdir = Path(keep or tempfile.mkdtemp(prefix="transfergrid-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               "--cores", cores, "--quiet", "all"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started, workdir
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def cleanup(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)

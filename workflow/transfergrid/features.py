@@ -1,0 +1,198 @@
+"""Feature cache: one forward pass of a frozen backbone per backbone x weights x dataset.
+
+A frozen backbone in eval mode is a fixed function of the image, so for ``frozen`` cells without
+augmentation (and without ``train_bn``) the features of every manifest row are computed once, by
+their own rule, and shared by every head, seed and fraction of that backbone x weights x dataset.
+Those cells then train their head on the cached features (``FeatureBatches`` + ``HeadOnlyModel``),
+which is the same experiment as training through the frozen network: same batches in the same
+order, same head, same loss; only the backbone's forward pass is not repeated every epoch.
+
+File format (``torch.save``, loadable with ``weights_only=True``)::
+
+    {"pooled":  float32 [N, num_features],      # backbone(x): the native pooled vector
+     "spatial": float32 [N, feature_channels],  # backbone.global_average(backbone.forward_features(x))
+     "labels":  int64 [N],                      # manifest labels, manifest row order
+     "backbone": str, "weights": str}
+
+Rows are manifest rows (all splits), so the split table's ``row`` indices select from it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import train as training  # module import: train may import this module too
+from .backbones import preprocessing, resolve_backbone
+from .heads import HEADS, fit_logreg, logreg_c_grid
+from .imagecache import load_cache
+from .io import atomic_path
+
+
+def uses_feature_cache(cell: dict) -> bool:
+    """Whether a cell can train on cached features: frozen base, no augmentation, BN statistics fixed."""
+    return (cell["strategy"] == "frozen" and cell.get("augment", "none") == "none"
+            and not cell.get("train_bn", False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, mean: tuple, std: tuple, batch_size: int,
+                     device: torch.device, rows: np.ndarray | None = None,
+                     chunk_rows: int = 16384) -> dict[str, torch.Tensor]:
+    """``{"pooled": [N, num_features], "spatial": [N, feature_channels]}`` float32 on the CPU.
+
+    Images go through ``train.TensorBatches`` in row order (same conversion, grayscale expansion and
+    normalisation as training); one backbone pass per batch yields both outputs. ``rows`` defaults
+    to every row; they are processed in chunks so that a GPU never holds more than ``chunk_rows``
+    images at once. The backbone is put in eval mode (and on ``device``) and restored to its mode.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    dummy_labels = torch.zeros(len(images), dtype=torch.long)
+    was_training = backbone.training
+    backbone.to(device).eval()
+    pooled, spatial = [], []
+    try:
+        for start in range(0, len(rows), max(chunk_rows, batch_size)):
+            chunk = rows[start:start + max(chunk_rows, batch_size)]
+            batches = training.TensorBatches(images, dummy_labels, chunk, batch_size, device, mean, std, seed=None)
+            for batch, _ in batches:
+                fmap = backbone.forward_features(batch)
+                pooled.append(backbone.pool(fmap).float().cpu())
+                spatial.append(backbone.global_average(fmap).float().cpu())
+    finally:
+        backbone.train(was_training)
+    return {"pooled": torch.cat(pooled), "spatial": torch.cat(spatial)}
+
+
+def load_backbone(backbone: str, weights: str, weights_file: Path | None) -> nn.Module:
+    """The cell's backbone, built and loaded exactly as ``train.build_model`` does."""
+    cell = {"backbone": backbone, "weights": weights, "head": "linear"}
+    return training.build_model(cell, num_classes=1, weights_file=weights_file).backbone
+
+
+def build_feature_cache(backbone: str, weights: str, weights_file: Path | None, cache_path: Path, out_path: Path,
+                        batch_size: int = 256, threads: int = 1, device: str = "auto", log=print) -> dict:
+    """Extract pooled and spatial features of every row of the image cache and write them atomically."""
+    torch.set_num_threads(threads)
+    torch_device = training.resolve_device(device)
+    net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None)
+    prep = preprocessing(resolve_backbone(backbone), weights)
+    images, labels = load_cache(cache_path)
+    started = time.perf_counter()
+    features = extract_features(net, images, prep.mean, prep.std, batch_size, torch_device)
+    seconds = time.perf_counter() - started
+    payload = {**features, "labels": labels.clone(), "backbone": backbone, "weights": weights}
+    with atomic_path(out_path) as tmp:
+        torch.save(payload, tmp)
+    summary = {"num_images": len(labels), "num_features": features["pooled"].shape[1],
+               "feature_channels": features["spatial"].shape[1], "seconds": seconds, "device": str(torch_device)}
+    log(f"features {backbone}/{weights}: {summary}")
+    return summary
+
+
+def load_features(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training a head on cached features
+
+
+class FeatureBatches:
+    """Mini-batches of cached feature rows, with ``train.TensorBatches``' order semantics.
+
+    With a seed, every epoch draws ``torch.randperm(len(rows), generator)`` from a generator seeded
+    once, exactly as TensorBatches does (without augmentation), so a head sees the same batches as it
+    would through the frozen network; without a seed, rows come in the given order.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, batch_size: int,
+                 device: torch.device, seed: int | None = None):
+        rows_tensor = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        self.features = features[rows_tensor].float().to(device)
+        self.labels = labels[rows_tensor].to(device)
+        self.batch_size, self.device = batch_size, device
+        self.shuffle = seed is not None
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            positions = order[start:start + self.batch_size].to(self.device)
+            yield self.features[positions], self.labels[positions]
+
+
+def feature_batches(cell: dict, payload: dict, rows: np.ndarray, device: torch.device, train: bool) -> FeatureBatches:
+    """The FeatureBatches a cell's head consumes (its spec's ``input``), as ``train.make_batches``."""
+    return FeatureBatches(payload[HEADS[cell["head"]].input], payload["labels"], rows, cell["batch_size"], device,
+                          seed=cell["seed"] if train else None)
+
+
+class HeadOnlyModel(nn.Module):
+    """A head trained on cached features: the trainer's model interface without the backbone.
+
+    ``frozen_params`` is the backbone's parameter count, so cell metrics still report the frozen base.
+    Its state dict keys are ``head.*``, the same as the head's keys inside a TransferModel.
+    """
+
+    def __init__(self, head: nn.Module, frozen_params: int = 0, num_stages: int = 1):
+        super().__init__()
+        self.head = head
+        self.frozen_params = int(frozen_params)
+        self.num_stages = num_stages  # what strategy.phase(epoch, num_stages) is asked with
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def apply_phase(self, phase) -> None:
+        """Nothing to freeze: the base is frozen by construction. A phase that trains it is an error."""
+        if not phase.whole_base:
+            raise ValueError(f"cached features need a fully frozen base, got phase {phase}")
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(True)
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        frozen = self.frozen_params + sum(p.numel() for p in self.head.parameters() if not p.requires_grad)
+        return {"trainable_params": trainable, "frozen_params": frozen, "total_params": trainable + frozen}
+
+
+def head_only_model(model: nn.Module) -> HeadOnlyModel:
+    """A HeadOnlyModel sharing ``model.head`` (a TransferModel), counting its backbone as frozen."""
+    return HeadOnlyModel(model.head, sum(p.numel() for p in model.backbone.parameters()),
+                         len(model.backbone.stage_names))
+
+
+def head_state_into_model(model: nn.Module, head_state: dict) -> nn.Module:
+    """Load a head's weights into ``model.head`` (strict) and return ``model``.
+
+    ``head_state`` is a HeadOnlyModel state dict (``head.*`` keys, e.g. ``FitResult.best_state``) or
+    the head's own state dict. ``model.state_dict()`` is then the cell's full TransferModel state.
+    """
+    if head_state and all(key.startswith("head.") for key in head_state):
+        head_state = {key[len("head."):]: value for key, value in head_state.items()}
+    model.head.load_state_dict(head_state, strict=True)
+    return model
+
+
+def fit_logreg_on_features(payload: dict, train_rows: np.ndarray, val_rows: np.ndarray, num_classes: int,
+                           options: dict | None = None, seed: int = 0) -> tuple[nn.Linear, float, dict]:
+    """``heads.fit_logreg`` on a feature cache's rows (the logreg head's input) for one cell."""
+    features, labels = payload[HEADS["logreg"].input], payload["labels"]
+    train_rows, val_rows = (torch.as_tensor(np.asarray(r), dtype=torch.long) for r in (train_rows, val_rows))
+    return fit_logreg(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
+                      logreg_c_grid(options), seed=seed, num_classes=num_classes,
+                      max_iter=int((options or {}).get("max_iter", 2000)))
