@@ -55,7 +55,7 @@ def test_empty_config_gets_all_defaults():
         (lambda c: c["train"]["optimizer"].update(name="adam"), "'adam' is not one of ['sgd', 'adamw']"),
         (lambda c: c["train"].update(epoch=3), "allowed keys"),
         (lambda c: c["grid"].update(strategies=["full", "frozn"]), "grid.strategies[1]"),
-        (lambda c: c["grid"].update(heads=["lineer"]), "valid names: ['linear'"),
+        (lambda c: c["grid"].update(heads=["lineer"]), "valid names: ['gap', 'linear', 'logreg', 'mlp', 'svm']"),
         (lambda c: c["grid"].update(datasets=["nope"]), "grid.datasets[0]"),
         (lambda c: c["grid"]["backbones"].append({"name": "resnet19"}), "grid.backbones[2].name"),
         (lambda c: c["grid"]["backbones"][0].update(weights=["imagenet_pkg"]), "grid.backbones[0].weights[0]"),

@@ -170,3 +170,21 @@ def test_snakemake_lint_passes():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"),
                              "--directory", str(ROOT)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_frozen_heads_share_one_feature_extraction(tmp_path):
+    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
+    config["grid"].update(strategies=["frozen", "full"], heads=["linear", "mlp", "gap", "svm", "logreg"])
+    write_config(tmp_path, config)
+    # logreg is fit in closed form on a frozen base only: 5 frozen cells + 4 full cells
+    assert planned_jobs(tmp_path) == {"all": 1, "obtain_dataset": 1, "split_dataset": 1, "cache_images": 1,
+                                      "extract_features": 1, "train_cell": 9, "evaluate_cell": 9,
+                                      "aggregate": 1, "report": 1}
+    snakemake(tmp_path)
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert len(summary) == 9
+    fits = {(row.strategy, row.head): json.loads((tmp_path / row.cell_dir / "train.json").read_text())["fit"]
+            for row in summary.itertuples()}
+    assert fits[("frozen", "logreg")] == "fit_closed_form"
+    assert {fits[("frozen", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_on_features"}
+    assert {fits[("full", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_through_network"}

@@ -7,10 +7,13 @@ sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or witho
 
 from transfergrid.backbones import weights_need_file
 from transfergrid.jobs import export_package_path
+from transfergrid.weights import weights_from_slug, weights_slug
 from transfergrid.config import validate_config
 from transfergrid.grid import CELL_PATTERN, Cell, cell_config, expand_cells, image_size
 
-validate_config(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml")
+# Local files named in the config (`file:` weights) are checked where the workflow starts, not on
+# cluster nodes that re-read it to run one job.
+validate_config(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml", check_files=not workflow.remote_exec)
 export_package_path(WORKFLOW_DIR)
 
 CELLS = expand_cells(config)
@@ -22,6 +25,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
     fraction=r"[0-9.]+",
     backbone=r"[A-Za-z0-9_.-]+",
+    weights=r"[A-Za-z0-9_.-]+",
     seed=r"\d+",
     size=r"\d+",
 
@@ -37,8 +41,13 @@ def downloaded_archive(wildcards):
     return []
 
 
+def weight_source(wildcards):
+    """The raw weight source (`pretrain:x`, `file:/a/b.pt`) behind the slug in a path."""
+    return weights_from_slug(config, wildcards.backbone, wildcards.weights)
+
+
 def cell_from(wildcards):
-    return Cell(wildcards.dataset, wildcards.fraction, wildcards.backbone, wildcards.weights,
+    return Cell(wildcards.dataset, wildcards.fraction, wildcards.backbone, weight_source(wildcards),
                 wildcards.strategy, wildcards.head, int(wildcards.seed))
 
 
@@ -47,14 +56,30 @@ def cell_params(wildcards):
 
 
 def weights_file(wildcards):
-    if weights_need_file(wildcards.weights):
-        return f"{WEIGHTS_DIR}/{wildcards.backbone}/{wildcards.weights}.pt"
+    """The cell's starting-weights file, named by the weights slug; none for random init."""
+    slug = weights_slug(wildcards.weights)
+    if weights_need_file(slug):
+        return f"{WEIGHTS_DIR}/{wildcards.backbone}/{slug}.pt"
     return []
 
 
-def image_cache(wildcards):
-    size = image_size(config, wildcards.backbone, wildcards.weights)
+def image_cache_path(wildcards):
+    size = image_size(config, wildcards.backbone, weight_source(wildcards))
     return f"results/cache/{wildcards.dataset}/{size}px.pt"
+
+
+def feature_cache_path(wildcards):
+    size = image_size(config, wildcards.backbone, weight_source(wildcards))
+    return f"results/features/{wildcards.dataset}/{size}px/{wildcards.backbone}/{wildcards.weights}.pt"
+
+
+def cell_images(wildcards):
+    """Cells that run the backbone read the image cache; cells on cached features do not."""
+    return [] if cell_params(wildcards)["features"] else image_cache_path(wildcards)
+
+
+def cell_features(wildcards):
+    return feature_cache_path(wildcards) if cell_params(wildcards)["features"] else []
 
 
 def cell_files(name):
@@ -70,3 +95,28 @@ def package_source(module):
     """A package module to list among the inputs of the job that uses it, so that editing it
     reruns that job (and what follows) only."""
     return str(WORKFLOW_DIR / "transfergrid" / module)
+
+
+def imported_checkpoint(wildcards):
+    """The local checkpoint behind a `file-<key>` weights file."""
+    from transfergrid.weights import file_source
+
+    return file_source(config, f"file-{wildcards.key}")
+
+
+def pretrain_job(wildcards):
+    """The resolved settings of a `pretrain:<name>` source for one backbone (a rule parameter)."""
+    from transfergrid.weights import pretrain_job_config
+
+    return pretrain_job_config(config, wildcards.backbone, wildcards.name)
+
+
+def pretrain_inputs(wildcards):
+    """Image cache, split and class list of the pretraining source dataset."""
+    job = pretrain_job(wildcards)
+    dataset = job["dataset"]
+    return {
+        "cache": f"results/cache/{dataset}/{job['image_size']}px.pt",
+        "split": f"results/datasets/{dataset}/split.csv",
+        "classes": f"results/datasets/{dataset}/classes.json",
+    }

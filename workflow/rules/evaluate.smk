@@ -4,7 +4,7 @@
 rule evaluate_cell:
     input:
         model=f"{CELL_PATTERN}/model.pt",
-        cache=image_cache,
+        cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",
     output:
         metrics=f"{CELL_PATTERN}/test.json",

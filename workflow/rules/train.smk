@@ -3,7 +3,8 @@
 
 rule train_cell:
     input:
-        cache=image_cache,
+        cache=cell_images,
+        features=cell_features,
         split="results/datasets/{dataset}/split.csv",
         classes="results/datasets/{dataset}/classes.json",
         weights=weights_file,

@@ -1,16 +1,62 @@
-# Starting weights of a backbone as a file: hub downloads and packaged weights, on the head node.
+# Starting weights of a backbone as a file, named {backbone}/{weights_slug(weights)}.pt:
+# hub and packaged weights and converted local checkpoints on the head node, pretraining on a
+# source dataset as a compute job. Three distinct output patterns, so no rule is ambiguous.
+
+from transfergrid.weights import FETCHED
 
 
 localrules:
     fetch_weights,
+    import_weights,
 
 
 rule fetch_weights:
     output:
         weights=f"{WEIGHTS_DIR}/{{backbone}}/{{weights}}.pt",
+    wildcard_constraints:
+        weights="|".join(FETCHED),
     log:
         f"{LOGS}/fetch_weights/{{backbone}}_{{weights}}.log",
     conda:
         "../../envs/torch.yaml"
     script:
         "../scripts/fetch_weights.py"
+
+
+rule import_weights:
+    # `file:<path>`: the checkpoint is an input, so replacing it converts it (and retrains) again.
+    input:
+        checkpoint=imported_checkpoint,
+    output:
+        weights=f"{WEIGHTS_DIR}/{{backbone}}/file-{{key}}.pt",
+    wildcard_constraints:
+        key=r"[A-Za-z0-9_.-]+",
+    log:
+        f"{LOGS}/import_weights/{{backbone}}_file-{{key}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/import_weights.py"
+
+
+rule pretrain_backbone:
+    # `pretrain:<name>`: model A on the source dataset, whose backbone starts model B.
+    input:
+        unpack(pretrain_inputs),
+    output:
+        weights=f"{WEIGHTS_DIR}/{{backbone}}/pretrain-{{name}}.pt",
+    wildcard_constraints:
+        name=r"[A-Za-z0-9_.-]+",
+    params:
+        job=pretrain_job,
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+        gpu=gpus_per_job(),
+    log:
+        f"{LOGS}/pretrain_backbone/{{backbone}}_{{name}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/pretrain_backbone.py"

@@ -109,9 +109,12 @@ def check_dataset_entries(config: dict) -> None:
                 raise ConfigError(f"config key 'datasets.{name}.{key}' is required for source '{spec['source']}'")
 
 
-def validate_config(config: dict, schema_path: str | Path) -> dict:
+def validate_config(config: dict, schema_path: str | Path, check_files: bool = True) -> dict:
     """Validate and complete a Snakemake config in place; returns it for convenience."""
+    from .weights import check_weight_sources
+
     apply_schema(config, load_schema(schema_path))
     check_dataset_entries(config)
     check_grid_names(config)
+    check_weight_sources(config, check_files=check_files)
     return config

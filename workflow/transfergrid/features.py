@@ -171,9 +171,11 @@ class HeadOnlyModel(nn.Module):
 
 
 def head_only_model(model: nn.Module) -> HeadOnlyModel:
-    """A HeadOnlyModel sharing ``model.head`` (a TransferModel), counting its backbone as frozen."""
-    return HeadOnlyModel(model.head, sum(p.numel() for p in model.backbone.parameters()),
-                         len(model.backbone.stage_names))
+    """A HeadOnlyModel sharing ``model.head`` (a TransferModel); everything else counts as frozen, as
+    in ``model.parameter_counts()`` under the frozen strategy."""
+    head_ids = {id(p) for p in model.head.parameters()}
+    frozen = sum(p.numel() for p in model.parameters() if id(p) not in head_ids)
+    return HeadOnlyModel(model.head, frozen, model.num_stages)
 
 
 def head_state_into_model(model: nn.Module, head_state: dict) -> nn.Module:

@@ -30,7 +30,9 @@ class Cell:
 
     @property
     def path(self) -> str:
-        return CELL_PATTERN.format(**asdict(self))
+        from .weights import weights_slug  # `file:/a/b.pt` is no path segment; its slug is
+
+        return CELL_PATTERN.format(**{**asdict(self), "weights": weights_slug(self.weights)})
 
 
 def _cell_weights(strategy: str, weights: str) -> str:
@@ -81,7 +83,7 @@ def cell_config(config: dict, cell: Cell) -> dict:
     """
     train = config["train"]
     strategy_base = cell.strategy.partition(":")[0]
-    return {
+    settings = {
         **asdict(cell),
         "fraction": float(cell.fraction),
         "image_size": image_size(config, cell.backbone, cell.weights),
@@ -93,3 +95,13 @@ def cell_config(config: dict, cell: Cell) -> dict:
         "strategy_options": train["strategy_options"].get(strategy_base, {}),
         "head_options": train["head_options"].get(cell.head, {}),
     }
+    settings["features"] = trains_on_features(settings, train["feature_cache"])
+    return settings
+
+
+def trains_on_features(cell: dict, feature_cache: bool) -> bool:
+    """Closed-form heads always read cached features; other frozen cells do when the cache is on."""
+    from .features import uses_feature_cache
+    from .heads import HEADS
+
+    return HEADS[cell["head"]].fit == "sklearn" or (feature_cache and uses_feature_cache(cell))

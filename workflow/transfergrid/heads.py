@@ -9,7 +9,7 @@ it only makes sense on a frozen base (``frozen_only``) and how it is fitted (``f
   native pooled vector already went through FC layers (VGG), this bypasses them.
 - ``svm``: a Linear trained with the multi-class squared hinge (see ``make_loss``); its L2 term is
   the optimizer's weight decay. Usable with any strategy.
-- ``logreg``: L2 logistic regression fitted in closed form by scikit-learn on cached features
+- ``logreg``: L2 logistic regression fitted by scikit-learn (lbfgs) on cached features, not by SGD
   (``fit_logreg``), frozen strategy only. The result is an ordinary ``nn.Linear``, so a logreg
   cell's model is a plain TransferModel with a linear head.
 
@@ -36,7 +36,7 @@ DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 class HeadSpec:
     name: str
     build: Callable[[int, int, dict], nn.Module]
-    loss: str = "cross_entropy"  # a LOSSES key
+    loss: str = "cross_entropy"  # "cross_entropy" or "squared_hinge" (see make_loss)
     input: str = POOLED  # POOLED or SPATIAL
     frozen_only: bool = False  # only valid with the frozen strategy
     fit: str = "sgd"  # "sgd": the epoch loop; "sklearn": fit_logreg on cached features
@@ -63,8 +63,8 @@ def _mlp(num_features: int, num_classes: int, options: dict) -> nn.Module:
     hidden = options.get("hidden", [512])
     hidden = [hidden] if isinstance(hidden, int) else list(hidden)
     dropout = float(options.get("dropout", 0.5))
-    if not hidden or any(int(w) < 1 for w in hidden) or not 0 <= dropout < 1:
-        raise ValueError(f"mlp head: hidden must be positive widths and 0 <= dropout < 1, got {options}")
+    if not hidden or any(int(w) < 1 for w in hidden) or not 0 <= dropout <= 1:
+        raise ValueError(f"mlp head: hidden must be positive widths and 0 <= dropout <= 1, got {options}")
     layers, width = [], num_features
     for out in map(int, hidden):
         layers += [nn.Linear(width, out), nn.ReLU(inplace=True), BatchNorm1d(out), nn.Dropout(dropout)]
@@ -80,7 +80,7 @@ HEADS: dict[str, HeadSpec] = {
         HeadSpec("mlp", _mlp, options=("hidden", "dropout")),
         HeadSpec("gap", _linear, input=SPATIAL),
         HeadSpec("svm", _linear, loss="squared_hinge"),
-        HeadSpec("logreg", _linear, frozen_only=True, fit="sklearn", options=("C_grid", "max_iter")),
+        HeadSpec("logreg", _linear, frozen_only=True, fit="sklearn", options=("C", "max_iter")),
     )
 }
 
@@ -111,13 +111,6 @@ def _spec(head: str | HeadSpec) -> HeadSpec:
 def head_input_size(head: str | HeadSpec, backbone) -> int:
     """The width of what the head consumes: ``num_features`` (pooled) or ``feature_channels`` (spatial)."""
     return backbone.feature_channels if _spec(head).input == SPATIAL else backbone.num_features
-
-
-def head_features(head: str | HeadSpec, backbone, images: torch.Tensor) -> torch.Tensor:
-    """What the head consumes for ``images``, computed by ``backbone``."""
-    if _spec(head).input == SPATIAL:
-        return backbone.global_average(backbone.forward_features(images))
-    return backbone(images)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +196,7 @@ def _linear_from_sklearn(classifier, scaler, num_classes: int) -> nn.Linear:
 
 
 def logreg_c_grid(options: dict | None) -> list[float]:
-    grid = list((options or {}).get("C_grid", DEFAULT_C_GRID))
+    grid = list((options or {}).get("C", DEFAULT_C_GRID))
     if not grid or any(not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0) for c in grid):
-        raise ValueError(f"logreg C_grid must be positive numbers, got {grid}")
+        raise ValueError(f"logreg option C must be positive numbers, got {grid}")
     return [float(c) for c in grid]

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import features
 from .augment import AUGMENTATIONS
 from .backbones import build_backbone, preprocessing, resolve_backbone
 from .heads import HEADS, build_head, head_input_size, make_loss
@@ -231,10 +232,11 @@ def fit(model: nn.Module, strategy: Strategy, train_batches, val_batches, cell: 
 
 @dataclass
 class CellInputs:
-    cache: Path
     split: Path
     classes: Path
-    weights: Path | None
+    cache: Path | None = None  # images, for cells that run the backbone
+    weights: Path | None = None
+    features: Path | None = None  # cached backbone features, for frozen cells without augmentation
 
 
 def make_batches(cell: dict, images, labels, rows, device, train: bool) -> TensorBatches:
@@ -243,28 +245,69 @@ def make_batches(cell: dict, images, labels, rows, device, train: bool) -> Tenso
                          augment=cell["augment"] if train else "none", seed=cell["seed"] if train else None)
 
 
+def fit_through_network(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
+    images, labels = load_cache(inputs.cache)
+    return fit(model, strategy, make_batches(cell, images, labels, rows["train"], device, True),
+               make_batches(cell, images, labels, rows["val"], device, False), cell, log)
+
+
+def fit_on_features(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
+    """Train the head alone on cached features: the same experiment as through the frozen network
+    (same batches, same initialisation), without running the backbone every epoch."""
+    payload = features.load_features(inputs.features)
+    result = fit(features.head_only_model(model), strategy,
+                 features.feature_batches(cell, payload, rows["train"], device, True),
+                 features.feature_batches(cell, payload, rows["val"], device, False), cell, log)
+    result.best_state = features.head_state_into_model(model, result.best_state).state_dict()
+    return result
+
+
+def fit_closed_form(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
+    """Heads fit by scikit-learn on cached features (logreg), regularisation chosen on val."""
+    payload = features.load_features(inputs.features)
+    linear, chosen_c, val_accuracy = features.fit_logreg_on_features(
+        payload, rows["train"], rows["val"], model.head.out_features, cell.get("head_options"), cell["seed"])
+    model.head.load_state_dict(linear.state_dict())
+    head_model = features.head_only_model(model)
+    head_model.apply_phase(strategy.phase(0, model.num_stages))
+    loss_fn = make_loss(cell["head"], 0.0)
+    train_loss, train_acc = evaluate(head_model, features.feature_batches(cell, payload, rows["train"], device, False), loss_fn)
+    val_loss, val_acc = evaluate(head_model, features.feature_batches(cell, payload, rows["val"], device, False), loss_fn)
+    log(f"logreg: C={chosen_c} chosen on val; val accuracy per C: {val_accuracy}")
+    history = [{"epoch": 1, "phase": f"logreg C={chosen_c}", "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc, "lr": 0.0, "seconds": 0.0,
+                "trainable_params": head_model.parameter_counts()["trainable_params"], "optimizer_params": 0}]
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return FitResult(history, state, 1, val_acc, val_loss, head_model.parameter_counts())
+
+
+def choose_fitter(cell: dict, inputs: CellInputs):
+    if HEADS[cell["head"]].fit == "sklearn":
+        return fit_closed_form
+    return fit_on_features if inputs.features else fit_through_network
+
+
 def train_cell(cell: dict, inputs: CellInputs, out_dir: Path, threads: int = 1, log: Log = print) -> dict:
     """Train one cell and write model.pt, history.csv, train.json and cell.json into ``out_dir``."""
     torch.set_num_threads(threads)
     seed_everything(cell["seed"])
     device = resolve_device(cell["device"])
-    images, labels = load_cache(inputs.cache)
     split = pd.read_csv(inputs.split)
     classes = read_json(inputs.classes)["classes"]
-    train_rows, val_rows = fraction_rows(split, cell["fraction"]), split_rows(split, "val")
-    log(f"cell {cell}; device {device}; {len(train_rows)} train / {len(val_rows)} val images")
+    rows = {"train": fraction_rows(split, cell["fraction"]), "val": split_rows(split, "val")}
+    fitter = choose_fitter(cell, inputs)
+    log(f"cell {cell}; device {device}; {len(rows['train'])} train / {len(rows['val'])} val images; {fitter.__name__}")
 
     model = build_model(cell, len(classes), inputs.weights).to(device)
     strategy = parse_strategy(cell["strategy"], cell.get("strategy_options"))
     started = time.perf_counter()
-    result = fit(model, strategy, make_batches(cell, images, labels, train_rows, device, True),
-                 make_batches(cell, images, labels, val_rows, device, False), cell, log)
+    result = fitter(model, strategy, inputs, cell, rows, device, log)
     wall = time.perf_counter() - started
 
     summary = {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
                "best_val_loss": result.best_val_loss, "epochs_run": len(result.history),
-               **result.parameter_counts, "wall_seconds": wall, "device": str(device),
-               "num_train": len(train_rows), "num_val": len(val_rows), "num_classes": len(classes)}
+               **result.parameter_counts, "wall_seconds": wall, "device": str(device), "fit": fitter.__name__,
+               "num_train": len(rows["train"]), "num_val": len(rows["val"]), "num_classes": len(classes)}
     write_outputs(out_dir, cell, classes, result, summary)
     return summary
 

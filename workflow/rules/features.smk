@@ -1,0 +1,25 @@
+# Backbone features of every image, extracted once per backbone x weights x dataset x size and
+# shared by every head and seed of the frozen cells that train on them.
+
+
+rule extract_features:
+    input:
+        cache="results/cache/{dataset}/{size}px.pt",
+        weights=weights_file,
+    output:
+        features="results/features/{dataset}/{size}px/{backbone}/{weights}.pt",
+    params:
+        weights=weight_source,
+        device=config["train"]["device"],
+        batch_size=config["train"]["batch_size"],
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+        gpu=gpus_per_job(),
+    log:
+        f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/extract_features.py"
