@@ -227,8 +227,10 @@ def test_heatmap_tables_separate_pretrained_and_scratch_rows(grid):
     assert list(table.index) == ["mobilenet_v3_small · imagenet_pkg", "resnet18 · none"]
     assert list(table.columns) == ["frozen", "full"]
     assert table.loc["resnet18 · none", "full"] == pytest.approx((0.86 + 0.95) / 2)
-    with pytest.raises(TransferGridError, match="freeze_depth"):
-        heatmap_tables(summary, facet_by=("freeze_depth",))
+    with pytest.raises(TransferGridError, match="colour"):
+        heatmap_tables(summary, facet_by=("colour",))
+    assert [t for t, _ in heatmap_tables(summary, facet_by=("freeze_depth",))] == [
+        "freeze_depth=0", "freeze_depth=all"]
 
 
 def test_heatmap_facets_follow_the_parameter(tmp_path):

@@ -5,7 +5,7 @@ from transfergrid.report import render_report
 
 
 def main(smk, log):
-    render_report(Path(smk.input.summary), Path(smk.output.html))
+    render_report(Path(smk.input.summary), Path(smk.output.html), smk.params.facet_by, smk.params.max_curves)
     log(f"report -> {smk.output.html}")
 
 

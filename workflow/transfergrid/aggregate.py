@@ -19,10 +19,17 @@ COORDINATES = ("dataset", "fraction", "backbone", "weights", "strategy", "head",
 RECIPE = tuple(axis for axis in COORDINATES if axis != "seed")
 
 SUMMARY_COLUMNS = (
-    *COORDINATES, "pretrained", "image_size", "epochs", "best_epoch", "val_acc",
+    *COORDINATES, "pretrained", "freeze_depth", "image_size", "epochs", "epochs_run", "best_epoch", "val_acc",
     "test_top1", "test_balanced_accuracy", "test_macro_f1",
-    "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes", "cell_dir",
+    "trainable_params", "frozen_params", "wall_seconds", "fit", "num_train", "num_classes", "cell_dir",
 )
+
+
+def freeze_depth(strategy: str) -> str:
+    """How much of the base stays frozen, as a facet: `0` (all trains), `k` for freeze:k, `all`
+    (frozen) or the name of a multi-phase schedule."""
+    base, _, depth = strategy.partition(":")
+    return {"full": "0", "scratch": "0", "frozen": "all", "freeze": depth}.get(base, base)
 
 
 def _read_cell_json(path: Path, keys: tuple[str, ...]) -> dict:
@@ -54,8 +61,10 @@ def summarise_cell(cell_dir: Path) -> dict:
         "fraction": float(cell["fraction"]),
         "seed": int(cell["seed"]),
         "pretrained": str(cell["weights"]) != "none",
+        "freeze_depth": freeze_depth(str(cell["strategy"])),
         "image_size": int(cell["image_size"]),
         "epochs": int(cell["epochs"]),
+        "epochs_run": int(train.get("epochs_run", cell["epochs"])),
         "best_epoch": int(train["best_epoch"]),
         "val_acc": float(train["best_val_acc"]),
         "test_top1": float(test["top1"]),
@@ -64,6 +73,7 @@ def summarise_cell(cell_dir: Path) -> dict:
         "trainable_params": int(train["trainable_params"]),
         "frozen_params": int(train["frozen_params"]),
         "wall_seconds": float(train["wall_seconds"]),
+        "fit": str(train.get("fit", "")),
         "num_train": int(train["num_train"]),
         "num_classes": int(train["num_classes"]),
         "cell_dir": str(cell_dir),

@@ -69,7 +69,7 @@ def load_summary(summary_csv: Path) -> pd.DataFrame:
     summary_csv = Path(summary_csv)
     if not summary_csv.is_file():
         raise TransferGridError(f"missing summary table: {summary_csv}")
-    text_columns = [*RECIPE, "cell_dir"]
+    text_columns = [*RECIPE, "cell_dir", "freeze_depth", "fit"]
     text_columns.remove("fraction")
     summary = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""],
                           dtype={column: str for column in text_columns})
@@ -314,7 +314,8 @@ def value_list(summary: pd.DataFrame, axis: str) -> str:
 
 
 def section_header(summary: pd.DataFrame) -> str:
-    counts = [("cells", len(summary))] + [(f"{axis}s" if axis != "weights" else axis, summary[axis].nunique())
+    plural = {"weights": "weight sources", "strategy": "strategies"}
+    counts = [("cells", len(summary))] + [(plural.get(axis, f"{axis}s"), summary[axis].nunique())
                                          for axis in ("dataset", "fraction", "backbone", "weights",
                                                       "strategy", "head", "seed")]
     count_text = ", ".join(f"{n} {name}" for name, n in counts)

@@ -25,6 +25,7 @@ import torch
 
 from .backbones import (FILE_PREFIX, HUB, PACKAGED, PRETRAIN_PREFIX, SCRATCH, build_backbone,
                         fetch_hub_state_dict, load_packaged_state_dict, resolve_backbone)
+from .downloads import sha256_of
 from .errors import ConfigError, DataError
 from .io import atomic_path
 
@@ -222,20 +223,12 @@ def fit_backbone_state(state: dict, backbone: str, path: str | Path, log=print) 
     return {k: state[k].detach().to(v.dtype).clone().contiguous() for k, v in expected.items()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_checkpoint(backbone: str, source: str | Path, out_path: Path, log=print) -> dict:
     """Convert a user's checkpoint into the canonical weights file of ``backbone``."""
     source = Path(source)
     state = fit_backbone_state(checkpoint_state_dict(load_checkpoint(source), backbone, source), backbone, source, log)
     spec = resolve_backbone(backbone)
-    info = {"source_file": str(source), "source_sha256": _sha256(source), "num_tensors": len(state)}
+    info = {"source_file": str(source), "source_sha256": sha256_of(source), "num_tensors": len(state)}
     log(f"{backbone} from {source}: {info}")
     _save(out_path, {"state_dict": state, "backbone": backbone, "arch": spec.arch,
                      "weights": FILE_PREFIX + str(source), **info})
