@@ -69,13 +69,11 @@ def image_cache_path(wildcards):
 
 
 def feature_cache_path(wildcards):
-    size = image_size(config, wildcards.backbone, weight_source(wildcards))
-    return f"results/features/{wildcards.dataset}/{size}px/{wildcards.backbone}/{wildcards.weights}.pt"
-
-
-def cell_images(wildcards):
-    """Cells that run the backbone read the image cache; cells on cached features do not."""
-    return [] if cell_params(wildcards)["features"] else image_cache_path(wildcards)
+    """Pretrained bases are shared by every seed; a random base is drawn from the cell's seed."""
+    weights = weight_source(wildcards)
+    size = image_size(config, wildcards.backbone, weights)
+    init = "pretrained" if weights_need_file(weights) else f"seed{wildcards.seed}"
+    return f"results/features/{wildcards.dataset}/{size}px/{wildcards.backbone}/{wildcards.weights}/{init}.pt"
 
 
 def cell_features(wildcards):

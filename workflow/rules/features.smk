@@ -7,9 +7,12 @@ rule extract_features:
         cache="results/cache/{dataset}/{size}px.pt",
         weights=weights_file,
     output:
-        features="results/features/{dataset}/{size}px/{backbone}/{weights}.pt",
+        features="results/features/{dataset}/{size}px/{backbone}/{weights}/{init}.pt",
+    wildcard_constraints:
+        init=r"pretrained|seed\d+",
     params:
         weights=weight_source,
+        init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,
         device=config["train"]["device"],
         batch_size=config["train"]["batch_size"],
     threads: config["resources"]["train_threads"]
@@ -18,7 +21,7 @@ rule extract_features:
         runtime=config["resources"]["train_runtime"],
         gpu=gpus_per_job(),
     log:
-        f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}.log",
+        f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}_{{init}}.log",
     conda:
         "../../envs/torch.yaml"
     script:

@@ -3,7 +3,7 @@
 
 rule train_cell:
     input:
-        cache=cell_images,
+        cache=image_cache_path,
         features=cell_features,
         split="results/datasets/{dataset}/split.csv",
         classes="results/datasets/{dataset}/classes.json",

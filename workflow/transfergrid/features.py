@@ -73,18 +73,20 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: tuple, std
     return {"pooled": torch.cat(pooled), "spatial": torch.cat(spatial)}
 
 
-def load_backbone(backbone: str, weights: str, weights_file: Path | None) -> nn.Module:
-    """The cell's backbone, built and loaded exactly as ``train.build_model`` does."""
-    cell = {"backbone": backbone, "weights": weights, "head": "linear"}
+def load_backbone(backbone: str, weights: str, weights_file: Path | None, init_seed: int = 0) -> nn.Module:
+    """The cell's backbone, built and loaded exactly as ``train.build_model`` does; a random base
+    (weights none) is a function of ``init_seed``, the seed of the cells that use it."""
+    cell = {"backbone": backbone, "weights": weights, "head": "linear", "seed": init_seed}
     return training.build_model(cell, num_classes=1, weights_file=weights_file).backbone
 
 
 def build_feature_cache(backbone: str, weights: str, weights_file: Path | None, cache_path: Path, out_path: Path,
-                        batch_size: int = 256, threads: int = 1, device: str = "auto", log=print) -> dict:
+                        batch_size: int = 256, threads: int = 1, device: str = "auto", log=print,
+                        init_seed: int = 0) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
     torch.set_num_threads(threads)
     torch_device = training.resolve_device(device)
-    net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None)
+    net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None, init_seed)
     prep = preprocessing(resolve_backbone(backbone), weights)
     images, labels = load_cache(cache_path)
     started = time.perf_counter()

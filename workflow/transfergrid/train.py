@@ -89,7 +89,11 @@ def build_model(cell: dict, num_classes: int, weights_file: Path | None) -> Tran
     """Backbone (random or from the weights file) plus a freshly initialised head."""
     spec = resolve_backbone(cell["backbone"])
     state = torch.load(weights_file, map_location="cpu", weights_only=True)["state_dict"] if weights_file else None
-    backbone = build_backbone(spec, state)
+    # A random base must be a pure function of the cell seed, whatever ran before: the feature
+    # cache and the cell rebuild it separately and must get the very same network.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cell.get("seed", 0))
+        backbone = build_backbone(spec, state)
     head_spec = HEADS[cell["head"]]
     head = build_head(cell["head"], head_input_size(head_spec, backbone), num_classes, cell.get("head_options"))
     return TransferModel(backbone, head, num_classes, spatial_head=head_spec.input == "spatial",
@@ -259,7 +263,20 @@ def fit_on_features(model, strategy, inputs: CellInputs, cell, rows, device, log
                  features.feature_batches(cell, payload, rows["train"], device, True),
                  features.feature_batches(cell, payload, rows["val"], device, False), cell, log)
     result.best_state = features.head_state_into_model(model, result.best_state).state_dict()
+    check_features_match_network(model, payload, inputs, cell, rows["val"], device)
     return result
+
+
+def check_features_match_network(model, payload, inputs: CellInputs, cell, rows, device, count: int = 16) -> None:
+    """The saved model (backbone + head) must give the logits the head gave on cached features:
+    a mismatch would make validation and test measure different networks."""
+    images, labels = load_cache(inputs.cache)
+    sample = rows[:count]
+    through_network, _ = predict(model, make_batches(cell, images, labels, sample, device, train=False))
+    on_features, _ = predict(model.head, features.feature_batches(cell, payload, sample, device, False))
+    if not torch.allclose(through_network, on_features, rtol=1e-3, atol=1e-3):
+        gap = (through_network - on_features).abs().max().item()
+        raise RuntimeError(f"cached features of {inputs.features} do not match the cell's backbone (max logit gap {gap:.3g})")
 
 
 def fit_closed_form(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
