@@ -267,16 +267,21 @@ def fit_on_features(model, strategy, inputs: CellInputs, cell, rows, device, log
     return result
 
 
+FEATURE_MATCH_TOLERANCE = 0.02  # relative logit error; TF32 convolutions on GPUs stay well below
+
+
 def check_features_match_network(model, payload, inputs: CellInputs, cell, rows, device, count: int = 16) -> None:
     """The saved model (backbone + head) must give the logits the head gave on cached features:
-    a mismatch would make validation and test measure different networks."""
+    a mismatch would make validation and test measure different networks. Another network gives a
+    relative error near 1; batch composition and TF32 kernels on a GPU give about 1e-3."""
     images, labels = load_cache(inputs.cache)
     sample = rows[:count]
     through_network, _ = predict(model, make_batches(cell, images, labels, sample, device, train=False))
     on_features, _ = predict(model.head, features.feature_batches(cell, payload, sample, device, False))
-    if not torch.allclose(through_network, on_features, rtol=1e-3, atol=1e-3):
-        gap = (through_network - on_features).abs().max().item()
-        raise RuntimeError(f"cached features of {inputs.features} do not match the cell's backbone (max logit gap {gap:.3g})")
+    error = ((through_network - on_features).norm() / on_features.norm().clamp_min(1e-12)).item()
+    if error > FEATURE_MATCH_TOLERANCE:
+        raise RuntimeError(f"cached features of {inputs.features} do not match the cell's backbone "
+                           f"(relative logit error {error:.3g})")
 
 
 def fit_closed_form(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
