@@ -26,6 +26,8 @@ wildcard_constraints:
     fraction=r"[0-9.]+",
     backbone=r"[A-Za-z0-9_.-]+",
     weights=r"[A-Za-z0-9_.-]+",
+    strategy=r"[A-Za-z0-9_.:-]+",
+    head=r"[A-Za-z0-9_.-]+",
     seed=r"\d+",
     size=r"\d+",
 
