@@ -314,11 +314,11 @@ def value_list(summary: pd.DataFrame, axis: str) -> str:
 
 
 def section_header(summary: pd.DataFrame) -> str:
-    plural = {"weights": "weight sources", "strategy": "strategies"}
-    counts = [("cells", len(summary))] + [(plural.get(axis, f"{axis}s"), summary[axis].nunique())
-                                         for axis in ("dataset", "fraction", "backbone", "weights",
-                                                      "strategy", "head", "seed")]
-    count_text = ", ".join(f"{n} {name}" for name, n in counts)
+    names = {"weights": ("weight source", "weight sources"), "strategy": ("strategy", "strategies")}
+    counts = [("cell", "cells", len(summary))] + [
+        (*names.get(axis, (axis, f"{axis}s")), summary[axis].nunique())
+        for axis in ("dataset", "fraction", "backbone", "weights", "strategy", "head", "seed")]
+    count_text = ", ".join(f"{n} {one if n == 1 else many}" for one, many, n in counts)
     rows = "".join(f"<tr><th>{esc(axis)}</th><td>{value_list(summary, axis)}</td></tr>"
                    for axis in (*COORDINATES, "epochs", "image_size"))
     return ("<header><h1>Transfer-learning grid report</h1>"
