@@ -12,7 +12,8 @@ from PIL import Image
 from transfergrid import sources
 from transfergrid.downloads import download
 from transfergrid.errors import ConfigError, DataError
-from transfergrid.sources import build_dataset, read_manifest
+from transfergrid.io import read_manifest
+from transfergrid.sources import build_dataset
 
 
 def _outputs(out_dir: Path):

@@ -1,4 +1,5 @@
 # Config validation and the helpers that turn grid coordinates into file names.
+import functools
 import sys
 from pathlib import Path
 
@@ -53,8 +54,14 @@ def cell_from(wildcards):
                 wildcards.strategy, wildcards.head, int(wildcards.seed))
 
 
+@functools.cache
+def cell_settings(cell):
+    """A cell's resolved settings; several input functions and params of a job ask for them."""
+    return cell_config(config, cell)
+
+
 def cell_params(wildcards):
-    return cell_config(config, cell_from(wildcards))
+    return cell_settings(cell_from(wildcards))
 
 
 def weights_file(wildcards):

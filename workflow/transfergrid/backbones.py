@@ -544,7 +544,7 @@ for _level in (0, 1, 2):
 def _is_timm_model(name: str) -> bool:
     import timm
 
-    return timm.is_model(name) or name in timm.list_models()
+    return timm.is_model(name)
 
 
 def _is_torchvision_model(name: str) -> bool:

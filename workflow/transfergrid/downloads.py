@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .errors import ChecksumError, DataError, UnsafeArchiveError
+from .errors import ChecksumError, DataError, UnsafeArchiveError, one_line
 from .io import atomic_path
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
@@ -45,16 +45,13 @@ def _normalised_sha256(url: str, sha256: object) -> str:
     return sha256.strip().lower()
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
 
 def _network_reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {_one_line(error.reason)}"
+        return f"HTTP {error.code} {one_line(error.reason)}"
     if isinstance(error, urllib.error.URLError):
-        return _one_line(error.reason)
-    return _one_line(error) or type(error).__name__
+        return one_line(error.reason)
+    return one_line(error) or type(error).__name__
 
 
 def _stream_to(url: str, file_path: Path, timeout: float) -> str:
@@ -229,7 +226,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
             extractor(archive, tmp)
     except _TAR_FILTER_ERROR as error:  # the stdlib filter caught what our checks did not
         member = getattr(error.tarinfo, "name", "?")
-        raise UnsafeArchiveError(f"unsafe archive {archive}: member {member!r}: {_one_line(error)}") from error
+        raise UnsafeArchiveError(f"unsafe archive {archive}: member {member!r}: {one_line(error)}") from error
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise DataError(f"cannot extract archive {archive}: {_one_line(error)}") from error
+        raise DataError(f"cannot extract archive {archive}: {one_line(error)}") from error
     return target

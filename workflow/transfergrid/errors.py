@@ -1,6 +1,11 @@
 """User-facing errors: one line that names the offending key, file or value."""
 
 
+def one_line(text: object) -> str:
+    """Collapse whitespace so a message (an OS or HTTP reason, say) stays on one line."""
+    return " ".join(str(text).split())
+
+
 class TransferGridError(Exception):
     """Base class for errors caused by user input rather than by a bug."""
 

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from .imagecache import load_cache
 from .io import write_csv, write_json
-from .split import split_rows
+from .split import read_split, split_rows
 from .train import build_model, make_batches, predict, resolve_device
 
 
@@ -42,7 +42,7 @@ def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path,
     model, cell, classes = load_trained_model(model_file)
     device = next(model.parameters()).device
     images, labels = load_cache(cache)
-    rows = split_rows(pd.read_csv(split_csv), "test")
+    rows = split_rows(read_split(split_csv), "test")
     logits, targets = predict(model, make_batches(cell, images, labels, rows, device, train=False))
     probs = logits.softmax(1).numpy()
     preds, targets = probs.argmax(1), targets.numpy()

@@ -84,8 +84,7 @@ def build_feature_cache(backbone: str, weights: str, weights_file: Path | None, 
                         batch_size: int = 256, threads: int = 1, device: str = "auto", log=print,
                         init_seed: int = 0) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
-    torch.set_num_threads(threads)
-    torch_device = training.resolve_device(device)
+    torch_device = training.prepare_job(threads, device)
     net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None, init_seed)
     prep = preprocessing(resolve_backbone(backbone), weights)
     images, labels = load_cache(cache_path)

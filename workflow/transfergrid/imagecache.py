@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .io import atomic_path
+from .io import atomic_path, read_manifest
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -41,7 +41,7 @@ def resolve_paths(manifest: pd.DataFrame, base: Path) -> list[Path]:
 
 def build_cache(manifest_csv: Path, size: int, channels: int, out_path: Path, threads: int = 2) -> dict:
     """Write ``{"images": uint8 [N,C,size,size], "labels": int64 [N]}`` in manifest row order."""
-    manifest = pd.read_csv(manifest_csv, keep_default_na=False)
+    manifest = read_manifest(manifest_csv)
     paths = resolve_paths(manifest, Path(manifest_csv).parent)
     mode = "L" if channels == 1 else "RGB"
     images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)

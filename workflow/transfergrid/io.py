@@ -47,6 +47,14 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_manifest(path: str | os.PathLike):
+    """Read a manifest.csv keeping its types: class names like "0" and empty splits stay strings."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"path": str, "label": int, "class_name": str, "split": str},
+                       keep_default_na=False)
+
+
 def write_csv(frame, path: str | os.PathLike) -> None:
     """Write a pandas DataFrame atomically, without the index."""
     with atomic_path(path) as tmp:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .downloads import download, safe_extract
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .io import atomic_path, write_csv, write_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -72,9 +72,6 @@ class Collected:
 
 # --------------------------------------------------------------------------- small helpers
 
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _is_ignored(name: str) -> bool:
@@ -423,7 +420,7 @@ def _instantiate(name: str, cls, root: Path, download: bool, split_kwargs: dict)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
         hint = "" if download else " (download: false; is the dataset under root?)"
         raise DataError(
-            f"datasets.{name}: torchvision {cls.__name__} at root {root} failed: {_one_line(error)}{hint}"
+            f"datasets.{name}: torchvision {cls.__name__} at root {root} failed: {one_line(error)}{hint}"
         ) from error
 
 
@@ -433,7 +430,7 @@ def _torchvision_splits(name: str, cls, root: Path, download: bool) -> dict[str,
         try:
             return {s: _instantiate(name, cls, root, download, {"train": s == "train"}) for s in ("train", "test")}
         except ValueError as error:
-            raise DataError(f"datasets.{name}: torchvision {cls.__name__} failed: {_one_line(error)}") from error
+            raise DataError(f"datasets.{name}: torchvision {cls.__name__} failed: {one_line(error)}") from error
     datasets = {}
     for split, candidates in _SPLIT_CANDIDATES.items():
         for candidate in candidates:
@@ -489,7 +486,7 @@ def _decoded_mode(path: Path) -> tuple[str | None, str | None]:
             image.load()
             return image.mode, None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return None, _one_line(error) or type(error).__name__
+        return None, one_line(error) or type(error).__name__
 
 
 def _check_images(records: list[ImageRecord], log) -> tuple[list[ImageRecord], list[ImageRecord], set[str]]:
@@ -559,15 +556,6 @@ def _finalise(name: str, kind: str, collected: Collected, out_dir: Path, options
     write_csv(manifest, out_dir / "manifest.csv")
     write_json(out_dir / "classes.json", info)
     return info
-
-
-def read_manifest(path: str | Path):
-    """Read a manifest.csv keeping its types: class names like "0" and empty splits stay strings."""
-    import pandas as pd
-
-    return pd.read_csv(
-        path, dtype={"path": str, "label": int, "class_name": str, "split": str}, keep_default_na=False
-    )
 
 
 SOURCE_COLLECTORS: dict[str, Callable[..., Collected]] = {

@@ -70,6 +70,10 @@ def make_split(manifest: pd.DataFrame, val: float, test: float, seed: int) -> pd
     return table
 
 
+def read_split(path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
 def fraction_rows(table: pd.DataFrame, fraction: float) -> np.ndarray:
     """Manifest rows of the nested, stratified training subset of size ``fraction``."""
     train = table[table.split == "train"]

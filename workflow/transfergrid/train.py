@@ -26,7 +26,7 @@ from .heads import HEADS, build_head, head_input_size, make_loss
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_csv, write_json
 from .model import AUX_LOSS_WEIGHT, TransferModel
-from .split import fraction_rows, split_rows
+from .split import fraction_rows, read_split, split_rows
 from .strategies import Phase, Strategy, parse_strategy
 
 Log = Callable[[str], None]
@@ -40,6 +40,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def prepare_job(threads: int, device: str, seed: int | None = None) -> torch.device:
+    """Set-up shared by every compute job: CPU threads, seeds, and the device to run on."""
+    torch.set_num_threads(threads)
+    if seed is not None:
+        seed_everything(seed)
+    return resolve_device(device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -311,10 +319,8 @@ def choose_fitter(cell: dict, inputs: CellInputs):
 
 def train_cell(cell: dict, inputs: CellInputs, out_dir: Path, threads: int = 1, log: Log = print) -> dict:
     """Train one cell and write model.pt, history.csv, train.json and cell.json into ``out_dir``."""
-    torch.set_num_threads(threads)
-    seed_everything(cell["seed"])
-    device = resolve_device(cell["device"])
-    split = pd.read_csv(inputs.split)
+    device = prepare_job(threads, cell["device"], cell["seed"])
+    split = read_split(inputs.split)
     classes = read_json(inputs.classes)["classes"]
     rows = {"train": fraction_rows(split, cell["fraction"]), "val": split_rows(split, "val")}
     fitter = choose_fitter(cell, inputs)

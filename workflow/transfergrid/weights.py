@@ -283,24 +283,20 @@ def pretrain_backbone(job: dict, cache: Path, split_csv: Path, classes_json: Pat
                       threads: int = 1, log=print) -> dict:
     """Train ``job['backbone']`` from scratch on the source dataset's train split (class subset if
     given, labels renumbered), choose the epoch on its val split, and save the backbone's state."""
-    import pandas as pd
-
     from .imagecache import load_cache
     from .io import read_json
-    from .split import fraction_rows, split_rows
+    from .split import fraction_rows, read_split, split_rows
     from .strategies import parse_strategy
-    from .train import build_model, fit, make_batches, resolve_device, seed_everything
+    from .train import build_model, fit, make_batches, prepare_job
 
-    torch.set_num_threads(threads)
-    seed_everything(job["seed"])
-    device = resolve_device(job["device"])
+    device = prepare_job(threads, job["device"], job["seed"])
     names = read_json(classes_json)["classes"]
     keep = select_classes(names, job.get("classes"), f"config key 'pretrain.{job['pretrain']}.classes'")
     images, labels = load_cache(cache)
     remap = torch.full((len(names),), -1, dtype=torch.long)
     remap[torch.tensor(keep)] = torch.arange(len(keep))
     labels = remap[labels]
-    split = pd.read_csv(split_csv)
+    split = read_split(split_csv)
     split = split[split["label"].isin(keep)]
     train_rows, val_rows = fraction_rows(split, job["fraction"]), split_rows(split, "val")
     if not len(val_rows):
