@@ -7,7 +7,7 @@ CORES ?= all
 # Tests and the default grid never reach a model hub: fail fast instead of waiting on the network.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test lint bench lock clean
+.PHONY: install run test lint format bench lock clean
 
 install: $(STAMP)
 
@@ -23,11 +23,21 @@ run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "report: results/report/index.html"
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
+# Style and workflow checks; `make test` runs them first, so CI enforces them.
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules/
+	$(BIN)/snakemake --lint --quiet
+
+# Rewrite the files in the project's style (what `make lint` checks).
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/rules/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cold_run.py

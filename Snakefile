@@ -21,7 +21,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.csv",
         "results/report/index.html",
-    default_target: True

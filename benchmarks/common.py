@@ -20,8 +20,19 @@ def run_grid(config: dict, cores: str = "all", keep: Path | None = None) -> tupl
     workdir = Path(keep or tempfile.mkdtemp(prefix="transfergrid-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               "--cores", cores, "--quiet", "all"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        cores,
+        "--quiet",
+        "all",
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - started, workdir

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pandas as pd
-
 from common import cleanup, default_config, run_grid
 
 ALL_HEADS = ["linear", "mlp", "gap", "svm", "logreg"]
@@ -49,9 +48,13 @@ def main() -> None:
     one = timed("frozen, 1 head (linear)", frozen_grid(["linear"]))
     five = timed("frozen, 5 heads, feature cache", frozen_grid(ALL_HEADS))
     uncached = timed("frozen, 5 heads, no feature cache", frozen_grid(ALL_HEADS, feature_cache=False))
-    print(f"5 heads / 1 head with the feature cache: wall {five[0] / one[0]:.2f}x, model compute {five[1] / one[1]:.2f}x")
-    print(f"5 heads without / with the feature cache: wall {uncached[0] / five[0]:.2f}x, "
-          f"model compute {uncached[1] / five[1]:.2f}x")
+    print(
+        f"5 heads / 1 head with the feature cache: wall {five[0] / one[0]:.2f}x, model compute {five[1] / one[1]:.2f}x"
+    )
+    print(
+        f"5 heads without / with the feature cache: wall {uncached[0] / five[0]:.2f}x, "
+        f"model compute {uncached[1] / five[1]:.2f}x"
+    )
     print("wall time includes one Python start-up and library import per Snakemake job (about 3-5 s here)")
 
 

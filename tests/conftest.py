@@ -5,14 +5,14 @@ import os
 # No test may reach the network; hub-aware libraries must not even try.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import functools  # noqa: E402
-import http.server  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
+import functools
+import http.server
+import threading
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

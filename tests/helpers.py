@@ -7,11 +7,23 @@ from transfergrid.train import TensorBatches
 
 
 def cell_config(**overrides):
-    cell = dict(dataset="digits", fraction=1.0, backbone="resnet18", weights="none", strategy="full",
-                head="linear", seed=0, image_size=32, epochs=2, batch_size=8, augment="none",
-                optimizer=dict(name="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=1e-4),
-                schedule=dict(name="step", step_size=7, gamma=0.1, warmup_epochs=0),
-                label_smoothing=0.0, device="cpu")
+    cell = {
+        "dataset": "digits",
+        "fraction": 1.0,
+        "backbone": "resnet18",
+        "weights": "none",
+        "strategy": "full",
+        "head": "linear",
+        "seed": 0,
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "augment": "none",
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4},
+        "schedule": {"name": "step", "step_size": 7, "gamma": 0.1, "warmup_epochs": 0},
+        "label_smoothing": 0.0,
+        "device": "cpu",
+    }
     cell.update(overrides)
     return cell
 
@@ -20,8 +32,9 @@ def random_batches(n=24, size=32, classes=3, seed=0, channels=3, train=True):
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
     labels = torch.arange(n) % classes
-    return TensorBatches(images, labels, np.arange(n), 8, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3,
-                         seed=seed if train else None)
+    return TensorBatches(
+        images, labels, np.arange(n), 8, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3, seed=seed if train else None
+    )
 
 
 def snapshot(module):

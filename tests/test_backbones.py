@@ -31,9 +31,22 @@ DEFAULT_SIZE = 32
 GENERIC = {"shufflenet_v2_x0_5": GenericTorchvisionAdapter, "resnet10t": TimmAdapter}
 # Auxiliary classifiers get no gradient from the main loss.
 AUX_MODULES = ("AuxLogits", "aux1", "aux2")
-REQUIRED = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "inception_v3", "mobilenet_v3_small", "mobilenet_v3_large",
-            "efficientnet_b0", "convnext_tiny", "vit_b_16", "xception", "efficientnet_lite0", "efficientnet_lite1",
-            "efficientnet_lite2"]
+REQUIRED = [
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "vgg16_bn",
+    "inception_v3",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+    "xception",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -116,9 +129,15 @@ def test_generic_name_resolves_and_trains_one_step(name):
 
 def test_required_backbones_are_registered_with_their_family_adapter():
     assert set(REQUIRED) <= set(BACKBONES)
-    families = {"resnet50": ResNetAdapter, "vgg16_bn": FeaturesSequentialAdapter, "inception_v3": InceptionAdapter,
-                "convnext_tiny": FeaturesSequentialAdapter, "vit_b_16": ViTAdapter, "xception": TimmAdapter,
-                "efficientnet_lite1": TimmAdapter}
+    families = {
+        "resnet50": ResNetAdapter,
+        "vgg16_bn": FeaturesSequentialAdapter,
+        "inception_v3": InceptionAdapter,
+        "convnext_tiny": FeaturesSequentialAdapter,
+        "vit_b_16": ViTAdapter,
+        "xception": TimmAdapter,
+        "efficientnet_lite1": TimmAdapter,
+    }
     for name, adapter in families.items():
         assert isinstance(BACKBONES[name].adapter, adapter)
     assert BACKBONES["xception"].arch in timm.list_models("*xception*")
@@ -200,8 +219,9 @@ def test_preprocessing_is_the_library_metadata(name):
         assert preprocessing(spec, PACKAGED) == _timm_metadata(spec.packaged_cfg)
 
 
-@pytest.mark.parametrize("name,model_class", [("inception_v3", torchvision.models.Inception3),
-                                              ("googlenet", torchvision.models.GoogLeNet)])
+@pytest.mark.parametrize(
+    "name,model_class", [("inception_v3", torchvision.models.Inception3), ("googlenet", torchvision.models.GoogLeNet)]
+)
 def test_transform_input_is_folded_into_the_normalisation(name, model_class):
     """Built with transform_input=False, our normalisation equals torchvision's metadata
     normalisation followed by the model's transform_input step."""
@@ -229,10 +249,15 @@ def _library_state(name):
     return torchvision.models.get_model(spec.arch, weights=None, **kwargs).state_dict()
 
 
-@pytest.mark.parametrize("name,classifier_keys", [("resnet18", {"fc.weight", "fc.bias"}),
-                                                  ("inception_v3", {"fc.weight", "AuxLogits.fc.weight"}),
-                                                  ("efficientnet_lite0", {"classifier.weight"}),
-                                                  ("mobilenet_v3_small", {"classifier.3.weight"})])
+@pytest.mark.parametrize(
+    "name,classifier_keys",
+    [
+        ("resnet18", {"fc.weight", "fc.bias"}),
+        ("inception_v3", {"fc.weight", "AuxLogits.fc.weight"}),
+        ("efficientnet_lite0", {"classifier.weight"}),
+        ("mobilenet_v3_small", {"classifier.3.weight"}),
+    ],
+)
 def test_library_state_dict_loads_with_or_without_its_classifier(name, classifier_keys):
     full = _library_state(name)
     assert classifier_keys <= set(full)
@@ -247,10 +272,10 @@ def test_library_state_dict_loads_with_or_without_its_classifier(name, classifie
 def test_state_dict_that_does_not_fit_raises_naming_the_keys():
     spec = BACKBONES["resnet18"]
     full = _library_state("resnet18")
-    with pytest.raises(ValueError, match="bogus.weight"):
+    with pytest.raises(ValueError, match=r"bogus\.weight"):
         build_backbone(spec, {**full, "bogus.weight": torch.zeros(1)})
     missing = {k: v for k, v in full.items() if k != "layer1.0.conv1.weight"}
-    with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight"):
         build_backbone(spec, missing)
-    with pytest.raises(ValueError, match="conv1.weight"):
+    with pytest.raises(ValueError, match=r"conv1\.weight"):
         build_backbone(spec, {**full, "conv1.weight": torch.zeros(3, 3)})

@@ -202,6 +202,6 @@ def test_extract_replaces_an_existing_target(tmp_path):
 def test_unknown_archive_format_is_a_data_error(tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"definitely not an archive" * 100)
-    with pytest.raises(DataError, match="junk.zip"):
+    with pytest.raises(DataError, match=r"junk\.zip"):
         safe_extract(junk, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 from helpers import cell_config
-from transfergrid.features import (FeatureBatches, HeadOnlyModel, build_feature_cache, extract_features,
-                                   feature_batches, fit_logreg_on_features, head_only_model,
-                                   head_state_into_model, load_features, uses_feature_cache)
+
+from transfergrid.features import (
+    FeatureBatches,
+    HeadOnlyModel,
+    build_feature_cache,
+    extract_features,
+    feature_batches,
+    fit_logreg_on_features,
+    head_only_model,
+    head_state_into_model,
+    load_features,
+    uses_feature_cache,
+)
 from transfergrid.heads import HEADS
 from transfergrid.strategies import Phase, parse_strategy
 from transfergrid.train import TensorBatches, build_model, fit
@@ -62,8 +71,17 @@ def test_build_feature_cache_uses_the_cells_weights_file(tmp_path):
     images, labels = uint8_images(n=20), torch.arange(20) % 3
     torch.save({"images": images, "labels": labels}, tmp_path / "cache.pt")
     out = tmp_path / "features" / "resnet18.pt"
-    summary = build_feature_cache("resnet18", "imagenet", weights, tmp_path / "cache.pt", out, batch_size=8,
-                                  threads=1, device="cpu", log=lambda m: None)
+    summary = build_feature_cache(
+        "resnet18",
+        "imagenet",
+        weights,
+        tmp_path / "cache.pt",
+        out,
+        batch_size=8,
+        threads=1,
+        device="cpu",
+        log=lambda m: None,
+    )
     payload = load_features(out)
     assert summary["num_images"] == 20 and not list(out.parent.glob(".*tmp*"))
     assert torch.equal(payload["labels"], labels) and payload["backbone"] == "resnet18"
@@ -86,14 +104,15 @@ def test_feature_batches_follow_tensor_batches_order():
             pairs = list(zip(tensors, cached, strict=True))
             for (_, expected), (x, y) in pairs:
                 assert torch.equal(y, expected) and torch.equal(x[:, 0], expected.float())
-    assert [y.tolist() for _, y in FeatureBatches(features, labels, rows, 8, CPU)][0] == list(range(3, 11))
+    assert next(y.tolist() for _, y in FeatureBatches(features, labels, rows, 8, CPU)) == list(range(3, 11))
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp", "svm", "gap"])
 def test_training_on_cached_features_is_training_through_the_frozen_network(head):
     """Same init, same seed, two epochs: the head's weights agree, as do the counts fit reports."""
-    cell = cell_config(strategy="frozen", head=head, head_options={"hidden": [16]} if head == "mlp" else {},
-                       epochs=2, seed=3)
+    cell = cell_config(
+        strategy="frozen", head=head, head_options={"hidden": [16]} if head == "mlp" else {}, epochs=2, seed=3
+    )
     assert uses_feature_cache(cell)
     images, labels = uint8_images(n=40), torch.arange(40) % 3
     train_rows, val_rows = np.arange(0, 32), np.arange(32, 40)
@@ -113,8 +132,14 @@ def test_training_on_cached_features_is_training_through_the_frozen_network(head
     payload = {**extract_features(cached.backbone, images, MEAN, STD, 16, CPU), "labels": labels}
     head_model = head_only_model(cached)
     torch.manual_seed(123)
-    on_features = fit(head_model, strategy, feature_batches(cell, payload, train_rows, CPU, True),
-                      feature_batches(cell, payload, val_rows, CPU, False), cell, quiet)
+    on_features = fit(
+        head_model,
+        strategy,
+        feature_batches(cell, payload, train_rows, CPU, True),
+        feature_batches(cell, payload, val_rows, CPU, False),
+        cell,
+        quiet,
+    )
 
     trained, reference = cached.head.state_dict(), network.head.state_dict()
     assert not torch.allclose(reference[next(iter(reference))], initial[next(iter(initial))], atol=1e-3)
@@ -151,10 +176,14 @@ def test_logreg_on_cached_features_uses_the_pooled_rows():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     pooled = 4 * torch.nn.functional.one_hot(labels, 3).float() + torch.randn(60, 3, generator=generator)
-    payload = {"pooled": torch.cat([pooled, torch.randn(60, 5, generator=generator)], 1),
-               "spatial": torch.zeros(60, 2), "labels": labels}
+    payload = {
+        "pooled": torch.cat([pooled, torch.randn(60, 5, generator=generator)], 1),
+        "spatial": torch.zeros(60, 2),
+        "labels": labels,
+    }
     assert HEADS["logreg"].input == "pooled"
-    linear, chosen, val_acc = fit_logreg_on_features(payload, np.arange(40), np.arange(40, 60), 3,
-                                                     {"C": [0.1, 1.0]}, seed=0)
+    linear, _chosen, val_acc = fit_logreg_on_features(
+        payload, np.arange(40), np.arange(40, 60), 3, {"C": [0.1, 1.0]}, seed=0
+    )
     assert linear.in_features == 8 and set(val_acc) == {0.1, 1.0}
     assert (linear(payload["pooled"][40:]).argmax(1) == labels[40:]).float().mean() > 0.9

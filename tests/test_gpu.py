@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import cell_config, changed_keys, snapshot
+
 from transfergrid.strategies import parse_strategy
 from transfergrid.train import TensorBatches, build_model, fit, resolve_device
 
@@ -14,8 +14,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def cuda_batches(train: bool):
     images = torch.randint(0, 256, (48, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(48) % 3
-    return TensorBatches(images, labels, np.arange(48), 16, torch.device("cuda"), (0.5,) * 3, (0.25,) * 3,
-                         augment="standard", seed=0 if train else None)
+    return TensorBatches(
+        images,
+        labels,
+        np.arange(48),
+        16,
+        torch.device("cuda"),
+        (0.5,) * 3,
+        (0.25,) * 3,
+        augment="standard",
+        seed=0 if train else None,
+    )
 
 
 def test_auto_and_cuda_pick_the_gpu():
@@ -37,8 +46,11 @@ def test_strategies_train_on_the_gpu(strategy):
     before = snapshot(model)
     result = fit(model, parse_strategy(strategy), cuda_batches(True), cuda_batches(False), cell, log=lambda m: None)
     changed = changed_keys(before, snapshot(model))
-    frozen_prefixes = {"frozen": ("backbone.",), "freeze:2": ("backbone.net.conv1.", "backbone.net.bn1.",
-                                                             "backbone.net.layer1."), "full": ()}[strategy]
+    frozen_prefixes = {
+        "frozen": ("backbone.",),
+        "freeze:2": ("backbone.net.conv1.", "backbone.net.bn1.", "backbone.net.layer1."),
+        "full": (),
+    }[strategy]
     assert not any(k.startswith(frozen_prefixes) for k in changed) if frozen_prefixes else changed
     assert "head.weight" in changed
     assert len(result.history) == cell["epochs"]

@@ -7,8 +7,18 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from transfergrid.heads import (HEADS, POOLED, SPATIAL, BatchNorm1d, build_head, check_head_options,
-                                check_head_strategy, fit_logreg, head_input_size, make_loss)
+from transfergrid.heads import (
+    HEADS,
+    POOLED,
+    SPATIAL,
+    BatchNorm1d,
+    build_head,
+    check_head_options,
+    check_head_strategy,
+    fit_logreg,
+    head_input_size,
+    make_loss,
+)
 
 
 def separable(n=96, features=16, classes=3, seed=0):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import cell_config, snapshot
 from torch import nn
 
-from helpers import cell_config, snapshot
 from transfergrid.grid import image_size
 from transfergrid.model import AUX_LOSS_WEIGHT
 from transfergrid.strategies import parse_strategy
@@ -21,8 +21,9 @@ def inception():
 
 def batches_299():
     images = torch.randint(0, 256, (4, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    return TensorBatches(images, torch.tensor([0, 1, 2, 0]), np.arange(4), 4, torch.device("cpu"),
-                         (0.5,) * 3, (0.5,) * 3, seed=0)
+    return TensorBatches(
+        images, torch.tensor([0, 1, 2, 0]), np.arange(4), 4, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, seed=0
+    )
 
 
 def test_inception_cells_use_299_px_unless_configured():
@@ -32,7 +33,7 @@ def test_inception_cells_use_299_px_unless_configured():
 
 
 def test_training_loss_adds_the_auxiliary_logits_with_weight_0_4(inception):
-    cell, model = inception
+    _cell, model = inception
     model.apply_phase(parse_strategy("full").phase(0, model.num_stages))
     images, labels = next(iter(batches_299()))
     model.train()
@@ -48,7 +49,7 @@ def test_training_loss_adds_the_auxiliary_logits_with_weight_0_4(inception):
 
 
 def test_auxiliary_head_trains_and_is_ignored_at_eval(inception):
-    cell, model = inception
+    _cell, model = inception
     before = snapshot(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, batches_299(), optimizer, nn.CrossEntropyLoss())

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-
 from test_workflow import grid_config, planned_jobs, snakemake, write_config
+
 from transfergrid.grid import Cell
 from transfergrid.io import read_json
 
@@ -38,10 +38,15 @@ def cell_dir(workdir, strategy):
 def pretrained_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pretrain")
     write_target_folder(workdir / "photos")
-    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS},
-                          "photos": {"source": "folder", "path": str(workdir / "photos")}})
-    config["grid"].update(datasets=["photos"], backbones=[{"name": "resnet18", "weights": [SOURCE]}],
-                          strategies=["full", "frozen"])
+    config = grid_config(
+        {
+            "digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS},
+            "photos": {"source": "folder", "path": str(workdir / "photos")},
+        }
+    )
+    config["grid"].update(
+        datasets=["photos"], backbones=[{"name": "resnet18", "weights": [SOURCE]}], strategies=["full", "frozen"]
+    )
     config["pretrain"] = {"digits04": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]}}
     write_config(workdir, config)
     planned = planned_jobs(workdir)

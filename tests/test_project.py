@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_config_reference_matches_the_schema():
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip()
+    block = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
     assert block == config_reference().strip(), "run: .venv/bin/python -m transfergrid.docs README.md"
 
 

@@ -44,31 +44,78 @@ def confusion_for(top1: float, num_test: int = 60) -> np.ndarray:
     return matrix
 
 
-def write_cell(root: Path, backbone: str, weights: str, strategy: str, seed: int, val_acc: float,
-               top1: float, dataset: str = "flowers", fraction: float = 1.0, head: str = "linear",
-               epochs: int = 4) -> Path:
+def write_cell(
+    root: Path,
+    backbone: str,
+    weights: str,
+    strategy: str,
+    seed: int,
+    val_acc: float,
+    top1: float,
+    dataset: str = "flowers",
+    fraction: float = 1.0,
+    head: str = "linear",
+    epochs: int = 4,
+) -> Path:
     cell_dir = root / "cells" / dataset / repr(fraction) / backbone / weights / strategy / head / f"seed{seed}"
     cell_dir.mkdir(parents=True)
-    cell = {"dataset": dataset, "fraction": fraction, "backbone": backbone, "weights": weights,
-            "strategy": strategy, "head": head, "seed": seed, "image_size": 64, "epochs": epochs,
-            "batch_size": 16, "optimizer": {"name": "adamw", "lr": 1e-3}, "schedule": {"name": "cosine"},
-            "augment": "light", "device": "cpu", "label_smoothing": 0.0}
+    cell = {
+        "dataset": dataset,
+        "fraction": fraction,
+        "backbone": backbone,
+        "weights": weights,
+        "strategy": strategy,
+        "head": head,
+        "seed": seed,
+        "image_size": 64,
+        "epochs": epochs,
+        "batch_size": 16,
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"name": "cosine"},
+        "augment": "light",
+        "device": "cpu",
+        "label_smoothing": 0.0,
+    }
     epoch = np.arange(1, epochs + 1)
     val_curve = val_acc * np.array([0.6, 0.8, 1.0, 0.97])[:epochs]
-    history = pd.DataFrame({
-        "epoch": epoch, "phase": "train", "train_loss": 1.2 / epoch, "train_acc": np.minimum(1, val_curve + 0.05),
-        "val_loss": 1.3 / epoch + 0.05 * epoch, "val_acc": val_curve, "lr": 1e-3 / epoch, "seconds": 1.5})
+    history = pd.DataFrame(
+        {
+            "epoch": epoch,
+            "phase": "train",
+            "train_loss": 1.2 / epoch,
+            "train_acc": np.minimum(1, val_curve + 0.05),
+            "val_loss": 1.3 / epoch + 0.05 * epoch,
+            "val_acc": val_curve,
+            "lr": 1e-3 / epoch,
+            "seconds": 1.5,
+        }
+    )
     frozen = strategy == "frozen"
     total = 1_000_000 if backbone == "resnet18" else 500_000
     trainable = 3 * 64 + 3 if frozen else total
-    train = {"best_epoch": 3, "best_val_acc": val_acc, "best_val_loss": 0.5, "epochs_run": epochs,
-             "trainable_params": trainable, "frozen_params": total - trainable, "total_params": total,
-             "wall_seconds": 6.0 + seed, "device": "cpu", "num_train": int(90 * fraction), "num_val": 30,
-             "num_classes": len(CLASSES)}
+    train = {
+        "best_epoch": 3,
+        "best_val_acc": val_acc,
+        "best_val_loss": 0.5,
+        "epochs_run": epochs,
+        "trainable_params": trainable,
+        "frozen_params": total - trainable,
+        "total_params": total,
+        "wall_seconds": 6.0 + seed,
+        "device": "cpu",
+        "num_train": int(90 * fraction),
+        "num_val": 30,
+        "num_classes": len(CLASSES),
+    }
     matrix = confusion_for(top1)
     accuracy = float(np.trace(matrix) / matrix.sum())
-    test = {"top1": top1, "balanced_accuracy": accuracy, "macro_f1": accuracy - 0.01,
-            "num_test": int(matrix.sum()), "classes": CLASSES}
+    test = {
+        "top1": top1,
+        "balanced_accuracy": accuracy,
+        "macro_f1": accuracy - 0.01,
+        "num_test": int(matrix.sum()),
+        "classes": CLASSES,
+    }
     confusion = pd.DataFrame(matrix, columns=CLASSES)
     confusion.insert(0, "true", CLASSES)
     rng = np.random.default_rng(seed)
@@ -92,7 +139,8 @@ def write_grid(root: Path, dataset: str = "flowers") -> dict[tuple, Path]:
     for (backbone, weights, strategy), per_seed in SCORES.items():
         for seed, (val_acc, top1) in zip(SEEDS, per_seed):
             cells[(backbone, weights, strategy, seed)] = write_cell(
-                root, backbone, weights, strategy, seed, val_acc, top1, dataset=dataset)
+                root, backbone, weights, strategy, seed, val_acc, top1, dataset=dataset
+            )
     return cells
 
 
@@ -107,7 +155,7 @@ def grid(tmp_path):
 
 @pytest.fixture()
 def rendered(grid, tmp_path):
-    cells, summary, summary_csv = grid
+    cells, _summary, summary_csv = grid
     out = tmp_path / "report" / "report.html"
     render_report(summary_csv, out)
     return cells, summary_csv, out, out.read_text(encoding="utf-8")
@@ -208,7 +256,7 @@ def test_aggregate_names_a_missing_key(tmp_path):
 
 
 def test_leaderboard_ranks_by_validation_not_test(grid):
-    _, summary, summary_csv = grid
+    _, _summary, summary_csv = grid
     board = recipe_leaderboard(load_summary(summary_csv))
     assert len(board) == 4 and (board["n_seeds"] == 2).all()
     order = list(zip(board["backbone"], board["weights"], board["strategy"]))
@@ -229,8 +277,7 @@ def test_heatmap_tables_separate_pretrained_and_scratch_rows(grid):
     assert table.loc["resnet18 · none", "full"] == pytest.approx((0.86 + 0.95) / 2)
     with pytest.raises(TransferGridError, match="colour"):
         heatmap_tables(summary, facet_by=("colour",))
-    assert [t for t, _ in heatmap_tables(summary, facet_by=("freeze_depth",))] == [
-        "freeze_depth=0", "freeze_depth=all"]
+    assert [t for t, _ in heatmap_tables(summary, facet_by=("freeze_depth",))] == ["freeze_depth=0", "freeze_depth=all"]
 
 
 def test_heatmap_facets_follow_the_parameter(tmp_path):
@@ -238,7 +285,9 @@ def test_heatmap_facets_follow_the_parameter(tmp_path):
     cells += list(write_grid(tmp_path / "b", dataset="pets").values())
     summary = aggregate_cells(cells, tmp_path / "summary.csv")
     assert [t for t, _ in heatmap_tables(summary)] == [
-        "dataset=flowers · fraction=1.0 · head=linear", "dataset=pets · fraction=1.0 · head=linear"]
+        "dataset=flowers · fraction=1.0 · head=linear",
+        "dataset=pets · fraction=1.0 · head=linear",
+    ]
     assert [t for t, _ in heatmap_tables(summary, facet_by=("head",))] == ["head=linear"]
     tables = heatmap_tables(summary, facet_by=("dataset", "strategy"))
     assert len(tables) == 4 and all(table.shape == (2, 2) for _, table in tables)
@@ -254,10 +303,12 @@ def test_report_lists_every_recipe_with_its_init(rendered):
     assert len(rows) == 4
     # columns: rank, dataset, fraction, backbone, init, strategy, head, seeds, val, test, ...
     seen = [(r[3], r[4], r[5]) for r in rows]
-    assert seen == [("mobilenet_v3_small", "pretrained (imagenet_pkg)", "full"),
-                    ("mobilenet_v3_small", "pretrained (imagenet_pkg)", "frozen"),
-                    ("resnet18", "scratch", "full"),
-                    ("resnet18", "scratch", "frozen")]
+    assert seen == [
+        ("mobilenet_v3_small", "pretrained (imagenet_pkg)", "full"),
+        ("mobilenet_v3_small", "pretrained (imagenet_pkg)", "frozen"),
+        ("resnet18", "scratch", "full"),
+        ("resnet18", "scratch", "frozen"),
+    ]
     assert rows[0][0] == "1" and rows[0][7] == "2"
     assert rows[0][8] == "0.910 ± 0.014"  # mean ± std of the validation accuracies 0.90 and 0.92
     assert "validation" in section(page, "leaderboard") and "never by a test" in page
@@ -291,8 +342,10 @@ def test_rendering_twice_gives_identical_bytes(rendered, tmp_path):
 
 
 def test_strings_from_data_are_escaped(tmp_path):
-    cells = [write_cell(tmp_path, "net", "none", "full", 0, 0.5, 0.5, dataset="a<b>&c"),
-             write_cell(tmp_path, "net", "imagenet_pkg", "full", 0, 0.6, 0.6, dataset="a<b>&c")]
+    cells = [
+        write_cell(tmp_path, "net", "none", "full", 0, 0.5, 0.5, dataset="a<b>&c"),
+        write_cell(tmp_path, "net", "imagenet_pkg", "full", 0, 0.6, 0.6, dataset="a<b>&c"),
+    ]
     aggregate_cells(cells, tmp_path / "summary.csv")
     render_report(tmp_path / "summary.csv", tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -301,7 +354,7 @@ def test_strings_from_data_are_escaped(tmp_path):
 
 def test_report_names_a_missing_history(grid, tmp_path):
     cells, _, summary_csv = grid
-    missing = cells[VAL_BEST[:3] + (0,)] / "history.csv"  # curves are drawn from the lowest seed
+    missing = cells[(*VAL_BEST[:3], 0)] / "history.csv"  # curves are drawn from the lowest seed
     missing.unlink()
     with pytest.raises(TransferGridError, match=re.escape(str(missing))):
         render_report(summary_csv, tmp_path / "report.html")

@@ -70,7 +70,7 @@ def test_max_per_class_is_deterministic_and_seeded(tmp_path):
 
 
 def test_unknown_builtin_lists_valid_names(tmp_path):
-    with pytest.raises(DataError, match="digits.*fashion_mnist_debian"):
+    with pytest.raises(DataError, match=r"digits.*fashion_mnist_debian"):
         build_dataset("x", {"source": "builtin", "name": "nope"}, tmp_path)
 
 
@@ -271,12 +271,12 @@ def test_torchvision_max_per_class(tmp_path, tiny_mnist_root):
 
 def test_torchvision_missing_data_is_a_data_error(tmp_path):
     spec = {"source": "torchvision", "name": "MNIST", "root": str(tmp_path / "nothing"), "download": False}
-    with pytest.raises(DataError, match="MNIST.*nothing"):
+    with pytest.raises(DataError, match=r"MNIST.*nothing"):
         build_dataset("mnist", spec, tmp_path / "out")
 
 
 def test_torchvision_unknown_class_lists_valid_names(tmp_path):
-    with pytest.raises(DataError, match="CIFAR10.*MNIST"):
+    with pytest.raises(DataError, match=r"CIFAR10.*MNIST"):
         build_dataset("x", {"source": "torchvision", "name": "NotADataset", "download": False}, tmp_path)
 
 

@@ -10,8 +10,14 @@ from transfergrid.split import fraction_rows, make_split, split_rows
 
 def manifest(counts, split=""):
     labels = np.repeat(np.arange(len(counts)), counts)
-    return pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": labels,
-                         "class_name": labels.astype(str), "split": split})
+    return pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(len(labels))],
+            "label": labels,
+            "class_name": labels.astype(str),
+            "split": split,
+        }
+    )
 
 
 def test_split_is_stratified_and_disjoint():
@@ -44,7 +50,11 @@ def test_fractions_are_nested_stratified_subsets_of_train():
 
 def test_tiny_fraction_keeps_one_image_per_class():
     table = make_split(manifest([20, 20, 20]), 0.2, 0.2, seed=0)
-    assert table.loc[table.row.isin(fraction_rows(table, 0.001)), "label"].value_counts().to_dict() == {0: 1, 1: 1, 2: 1}
+    assert table.loc[table.row.isin(fraction_rows(table, 0.001)), "label"].value_counts().to_dict() == {
+        0: 1,
+        1: 1,
+        2: 1,
+    }
 
 
 def test_presplit_train_test_carves_only_val_from_train():
@@ -63,5 +73,5 @@ def test_presplit_with_all_three_splits_is_kept_as_is():
 
 
 def test_impossible_ratios_are_a_clear_error():
-    with pytest.raises(DataError, match="split.val"):
+    with pytest.raises(DataError, match=r"split\.val"):
         make_split(manifest([10]), 0.6, 0.5, seed=0)

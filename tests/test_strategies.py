@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import cell_config, changed_keys, random_batches, snapshot
+
 from transfergrid.strategies import parse_strategy
 from transfergrid.train import build_model, fit
 
@@ -44,7 +44,7 @@ def test_frozen_base_keeps_batchnorm_in_eval_mode_during_training():
 
 
 def test_train_bn_opts_back_into_batchnorm_statistics():
-    model, before, after, _ = train_briefly("resnet18", "frozen", train_bn=True)
+    _model, before, after, _ = train_briefly("resnet18", "frozen", train_bn=True)
     changed = changed_keys(before, after)
     assert any(k.endswith("running_mean") for k in changed)
     assert not any(k.endswith(".weight") and k.startswith("backbone.") for k in changed)
@@ -66,8 +66,13 @@ def test_unknown_strategy_names_the_value():
 # ---------------------------------------------------------------------------------------------
 # Every strategy of the source material, on resnet18 (stages: stem, layer1, layer2, layer3, layer4)
 
-STAGE_PREFIXES = [("backbone.net.conv1.", "backbone.net.bn1."), ("backbone.net.layer1.",), ("backbone.net.layer2.",),
-                  ("backbone.net.layer3.",), ("backbone.net.layer4.",)]
+STAGE_PREFIXES = [
+    ("backbone.net.conv1.", "backbone.net.bn1."),
+    ("backbone.net.layer1.",),
+    ("backbone.net.layer2.",),
+    ("backbone.net.layer3.",),
+    ("backbone.net.layer4.",),
+]
 
 
 def keys_of_stages(keys, stages):
@@ -93,7 +98,8 @@ def float_keys(state):
 )
 def test_each_strategy_changes_exactly_its_trainable_part(strategy, epochs, frozen_stages):
     model, before, after, result = train_briefly(
-        "resnet18", strategy, epochs=epochs, strategy_options={"head_epochs": 1} if strategy == "two_phase" else {})
+        "resnet18", strategy, epochs=epochs, strategy_options={"head_epochs": 1} if strategy == "two_phase" else {}
+    )
     changed = changed_keys(before, after)
     frozen = keys_of_stages(before, frozen_stages)
     assert changed & frozen == set(), "frozen stages (weights and BatchNorm buffers) must be bit-identical"
@@ -104,13 +110,17 @@ def test_each_strategy_changes_exactly_its_trainable_part(strategy, epochs, froz
 
 
 def test_two_phase_rebuilds_the_optimizer_and_switches_learning_rate():
-    model, _, _, result = train_briefly("resnet18", "two_phase", epochs=3,
-                                        strategy_options={"head_epochs": 2, "head_lr": 1e-2, "finetune_lr": 1e-4})
+    model, _, _, result = train_briefly(
+        "resnet18", "two_phase", epochs=3, strategy_options={"head_epochs": 2, "head_lr": 1e-2, "finetune_lr": 1e-4}
+    )
     head_numel = sum(p.numel() for p in model.head.parameters())
     total = sum(p.numel() for p in model.parameters())
     phases = [(row["phase"], row["lr"], row["optimizer_params"], row["trainable_params"]) for row in result.history]
-    assert phases == [("head", 1e-2, head_numel, head_numel), ("head", 1e-2, head_numel, head_numel),
-                      ("finetune", 1e-4, total, total)]
+    assert phases == [
+        ("head", 1e-2, head_numel, head_numel),
+        ("head", 1e-2, head_numel, head_numel),
+        ("finetune", 1e-4, total, total),
+    ]
 
 
 def test_gradual_unfreezes_one_stage_from_the_top_every_m_epochs():
@@ -131,13 +141,20 @@ def test_discriminative_learning_rates_decrease_towards_the_input():
     assert lrs == pytest.approx([0.1, 0.05, 0.025, 0.0125, 0.00625, 0.003125])
     head_group = {id(p) for p in optimizer.param_groups[0]["params"]}
     assert {id(p) for p in model.head.parameters()} <= head_group
-    assert {id(p) for p in model.backbone.net.layer4.parameters()} == {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert {id(p) for p in model.backbone.net.layer4.parameters()} == {
+        id(p) for p in optimizer.param_groups[1]["params"]
+    }
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
 def test_early_stopping_ends_training_after_patience_epochs_without_progress():
-    _, _, _, result = train_briefly("resnet18", "frozen", epochs=6, early_stopping_patience=2,
-                                    optimizer=dict(name="sgd", lr=0.0, momentum=0.0, nesterov=False, weight_decay=0.0))
+    _, _, _, result = train_briefly(
+        "resnet18",
+        "frozen",
+        epochs=6,
+        early_stopping_patience=2,
+        optimizer={"name": "sgd", "lr": 0.0, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    )
     assert len(result.history) == 3 and result.best_epoch == 1
 
 
@@ -148,5 +165,5 @@ def test_malformed_strategy_names_are_rejected(name):
 
 
 def test_freeze_deeper_than_the_backbone_is_a_clear_error():
-    with pytest.raises(ValueError, match="freeze:9.*5"):
+    with pytest.raises(ValueError, match=r"freeze:9.*5"):
         parse_strategy("freeze:9").phase(0, 5)

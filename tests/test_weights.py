@@ -9,17 +9,25 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from helpers import cell_config
 from sklearn.datasets import load_digits
 
-from helpers import cell_config
 from transfergrid.backbones import build_backbone, resolve_backbone
 from transfergrid.config import validate_config
 from transfergrid.errors import ConfigError, DataError
 from transfergrid.split import make_split
 from transfergrid.train import build_model
-from transfergrid.weights import (PRETRAIN_DEFAULTS, check_weight_sources, file_source, import_checkpoint,
-                                  pretrain_backbone, pretrain_job_config, select_classes, weights_from_slug,
-                                  weights_slug)
+from transfergrid.weights import (
+    PRETRAIN_DEFAULTS,
+    check_weight_sources,
+    file_source,
+    import_checkpoint,
+    pretrain_backbone,
+    pretrain_job_config,
+    select_classes,
+    weights_from_slug,
+    weights_slug,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -45,9 +53,22 @@ def load_weights(path):
 
 
 def test_slugs_are_readable_path_segments_and_map_back():
-    config = {"grid": {"backbones": [{"name": "resnet18", "weights": ["none", "imagenet", "pretrain:digits04",
-                                                                      "file:/data/ckpt/my model.pt",
-                                                                      "file:/other/ckpt/my model.pt"]}]}}
+    config = {
+        "grid": {
+            "backbones": [
+                {
+                    "name": "resnet18",
+                    "weights": [
+                        "none",
+                        "imagenet",
+                        "pretrain:digits04",
+                        "file:/data/ckpt/my model.pt",
+                        "file:/other/ckpt/my model.pt",
+                    ],
+                }
+            ]
+        }
+    }
     assert [weights_slug(w) for w in ("none", "imagenet", "imagenet_pkg")] == ["none", "imagenet", "imagenet_pkg"]
     assert weights_slug("pretrain:digits04") == "pretrain-digits04"
     slug = weights_slug("file:/data/ckpt/my model.pt")
@@ -114,14 +135,14 @@ def test_missing_or_unreadable_files_are_errors_naming_the_path(tmp_path):
         import_checkpoint("resnet18", tmp_path / "nope.pt", tmp_path / "out.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint" * 8)
-    with pytest.raises(DataError, match="garbage.pt' is not a readable PyTorch checkpoint"):
+    with pytest.raises(DataError, match=r"garbage\.pt' is not a readable PyTorch checkpoint"):
         import_checkpoint("resnet18", garbage, tmp_path / "out.pt")
 
 
 def test_a_checkpoint_of_another_architecture_does_not_fit(tmp_path):
     source = tmp_path / "r50.pt"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), source)
-    with pytest.raises(DataError, match="does not fit backbone 'resnet18': .* shapes differ"):
+    with pytest.raises(DataError, match=r"does not fit backbone 'resnet18': .* shapes differ"):
         import_checkpoint("resnet18", source, tmp_path / "out.pt")
     cell = _cell_checkpoint(library_state())
     cell["cell"]["backbone"] = "resnet50"
@@ -138,11 +159,22 @@ def test_a_checkpoint_of_another_architecture_does_not_fit(tmp_path):
 
 
 def small_config(weights, pretrain=None, datasets=("digits",)):
-    config = {"datasets": {d: {"source": "builtin", "name": "digits"} for d in datasets},
-              "grid": {"datasets": [datasets[0]], "backbones": [{"name": "resnet18", "weights": list(weights)}],
-                       "strategies": ["full"]},
-              "train": {"image_size": 32, "epochs": 2, "batch_size": 16, "augment": "none", "device": "cpu",
-                        "optimizer": {"lr": 0.05}}}
+    config = {
+        "datasets": {d: {"source": "builtin", "name": "digits"} for d in datasets},
+        "grid": {
+            "datasets": [datasets[0]],
+            "backbones": [{"name": "resnet18", "weights": list(weights)}],
+            "strategies": ["full"],
+        },
+        "train": {
+            "image_size": 32,
+            "epochs": 2,
+            "batch_size": 16,
+            "augment": "none",
+            "device": "cpu",
+            "optimizer": {"lr": 0.05},
+        },
+    }
     if pretrain is not None:
         config["pretrain"] = pretrain
     return validate_config(config, SCHEMA)
@@ -158,12 +190,18 @@ def test_pretrain_entries_get_the_schema_defaults():
 @pytest.mark.parametrize(
     "weights, pretrain, expected",
     [
-        (["pretrain:digitz"], {"digits04": {"dataset": "digits"}},
-         "config key 'grid.backbones[0].weights[0]': unknown pretrain source 'digitz' (not in `pretrain` nor "
-         "`datasets`); valid: ['pretrain:digits', 'pretrain:digits04']"),
+        (
+            ["pretrain:digitz"],
+            {"digits04": {"dataset": "digits"}},
+            "config key 'grid.backbones[0].weights[0]': unknown pretrain source 'digitz' (not in `pretrain` nor "
+            "`datasets`); valid: ['pretrain:digits', 'pretrain:digits04']",
+        ),
         (["none"], {"src": {"dataset": "nope"}}, "config key 'pretrain.src.dataset': unknown dataset 'nope'"),
-        (["none", "file:/no/such/ckpt.pt"], None,
-         "config key 'grid.backbones[0].weights[1]': weights file '/no/such/ckpt.pt' does not exist"),
+        (
+            ["none", "file:/no/such/ckpt.pt"],
+            None,
+            "config key 'grid.backbones[0].weights[1]': weights file '/no/such/ckpt.pt' does not exist",
+        ),
     ],
 )
 def test_bad_weight_sources_fail_before_anything_runs(weights, pretrain, expected):
@@ -205,8 +243,13 @@ def write_digits_dataset(root: Path, size: int = 32, per_class: int = 20) -> dic
 def test_pretraining_makes_a_backbone_that_starts_a_target_with_its_own_head(tmp_path):
     config = small_config(["pretrain:digits04"], {"digits04": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]}})
     job = pretrain_job_config(config, "resnet18", "digits04")
-    assert (job["strategy"], job["head"], job["weights"], job["image_size"], job["epochs"]) == \
-        ("full", "linear", "none", 32, 2)
+    assert (job["strategy"], job["head"], job["weights"], job["image_size"], job["epochs"]) == (
+        "full",
+        "linear",
+        "none",
+        32,
+        2,
+    )
     data = write_digits_dataset(tmp_path / "digits")
     out = tmp_path / "weights" / "resnet18" / "pretrain-digits04.pt"
     info = pretrain_backbone(job, data["cache"], data["split"], data["classes"], out, log=lambda _: None)

@@ -39,12 +39,24 @@ def copy_workflow(workdir: Path) -> None:
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not (workdir / "Snakefile").exists():
         copy_workflow(workdir)
-    command = [sys.executable, "-m", "snakemake", "-s", str(workdir / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(workdir / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -75,8 +87,14 @@ def write_digit_folder(root: Path) -> None:
 def grid_config(datasets: dict, seeds=(0,)) -> dict:
     return {
         "datasets": datasets,
-        "grid": {"datasets": list(datasets), "fractions": [1.0], "backbones": [{"name": "resnet18", "weights": ["none"]}],
-                 "strategies": ["frozen"], "heads": ["linear"], "seeds": list(seeds)},
+        "grid": {
+            "datasets": list(datasets),
+            "fractions": [1.0],
+            "backbones": [{"name": "resnet18", "weights": ["none"]}],
+            "strategies": ["frozen"],
+            "heads": ["linear"],
+            "seeds": list(seeds),
+        },
         "split": {"val": 0.25, "test": 0.25, "seed": 0},
         "train": {"image_size": 32, "epochs": 1, "batch_size": 16, "augment": "none", "device": "cpu"},
         "resources": {"train_threads": 1, "cache_threads": 1, "train_mem_mb": 1000},
@@ -118,10 +136,15 @@ def test_every_source_kind_runs_to_a_report(finished_run):
     classes = {d: json.loads((workdir / f"results/datasets/{d}/classes.json").read_text()) for d in summary.dataset}
     assert classes["digits"]["num_images"] == 10 * IMAGES_PER_CLASS
     assert classes["photos"]["classes"] == ["digit0", "digit1", "digit2"]
-    assert classes["web"]["counts"] == {"digit0": IMAGES_PER_CLASS, "digit1": IMAGES_PER_CLASS, "digit2": IMAGES_PER_CLASS}
+    assert classes["web"]["counts"] == {
+        "digit0": IMAGES_PER_CLASS,
+        "digit1": IMAGES_PER_CLASS,
+        "digit2": IMAGES_PER_CLASS,
+    }
     cell = workdir / "results/cells/web/1.0/resnet18/none/frozen/linear/seed0"
-    assert {"model.pt", "history.csv", "train.json", "cell.json", "test.json", "predictions.csv",
-            "confusion.csv"} <= {p.name for p in cell.iterdir()}
+    assert {"model.pt", "history.csv", "train.json", "cell.json", "test.json", "predictions.csv", "confusion.csv"} <= {
+        p.name for p in cell.iterdir()
+    }
     html = (workdir / "results/report/index.html").read_text()
     assert "data:image/png;base64," in html and "photos" in html
 
@@ -151,8 +174,14 @@ def test_adding_a_seed_runs_only_the_new_cell(finished_run):
     write_config(workdir, config)
     # The frozen cell's base is random (weights none) and drawn from its seed, so the new seed gets
     # its own feature extraction; dataset, split and image cache are reused.
-    assert planned_jobs(workdir) == {"all": 1, "extract_features": 1, "train_cell": 1, "evaluate_cell": 1,
-                                     "aggregate": 1, "report": 1}
+    assert planned_jobs(workdir) == {
+        "all": 1,
+        "extract_features": 1,
+        "train_cell": 1,
+        "evaluate_cell": 1,
+        "aggregate": 1,
+        "report": 1,
+    }
     snakemake(workdir)
     assert old_model.stat().st_mtime_ns == old_mtime
     summary = pd.read_csv(workdir / "results" / "summary.csv")
@@ -170,8 +199,12 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path):
 
 
 def test_snakemake_lint_passes():
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"),
-                             "--directory", str(ROOT)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"), "--directory", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -180,14 +213,24 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     config["grid"].update(strategies=["frozen", "full"], heads=["linear", "mlp", "gap", "svm", "logreg"])
     write_config(tmp_path, config)
     # logreg is fit in closed form on a frozen base only: 5 frozen cells + 4 full cells
-    assert planned_jobs(tmp_path) == {"all": 1, "obtain_dataset": 1, "split_dataset": 1, "cache_images": 1,
-                                      "extract_features": 1, "train_cell": 9, "evaluate_cell": 9,
-                                      "aggregate": 1, "report": 1}
+    assert planned_jobs(tmp_path) == {
+        "all": 1,
+        "obtain_dataset": 1,
+        "split_dataset": 1,
+        "cache_images": 1,
+        "extract_features": 1,
+        "train_cell": 9,
+        "evaluate_cell": 9,
+        "aggregate": 1,
+        "report": 1,
+    }
     snakemake(tmp_path)
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     assert len(summary) == 9
-    fits = {(row.strategy, row.head): json.loads((tmp_path / row.cell_dir / "train.json").read_text())["fit"]
-            for row in summary.itertuples()}
+    fits = {
+        (row.strategy, row.head): json.loads((tmp_path / row.cell_dir / "train.json").read_text())["fit"]
+        for row in summary.itertuples()
+    }
     assert fits[("frozen", "logreg")] == "fit_closed_form"
     assert {fits[("frozen", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_on_features"}
     assert {fits[("full", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_through_network"}

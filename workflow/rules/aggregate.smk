@@ -8,11 +8,11 @@ rule aggregate:
         code=package_source("aggregate.py"),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
-    params:
-        cells=[cell.path for cell in CELLS],
     log:
         f"{LOGS}/aggregate.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        cells=[cell.path for cell in CELLS],
     script:
         "../scripts/aggregate.py"

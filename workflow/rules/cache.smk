@@ -7,12 +7,12 @@ rule cache_images:
         classes="results/datasets/{dataset}/classes.json",
     output:
         cache="results/cache/{dataset}/{size}px.pt",
-    threads: config["resources"]["cache_threads"]
-    resources:
-        mem_mb=config["resources"]["train_mem_mb"],
     log:
         f"{LOGS}/cache_images/{{dataset}}_{{size}}px.log",
     conda:
         "../../envs/torch.yaml"
+    threads: config["resources"]["cache_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
     script:
         "../scripts/cache_images.py"

@@ -50,8 +50,15 @@ def weight_source(wildcards):
 
 
 def cell_from(wildcards):
-    return Cell(wildcards.dataset, wildcards.fraction, wildcards.backbone, weight_source(wildcards),
-                wildcards.strategy, wildcards.head, int(wildcards.seed))
+    return Cell(
+        wildcards.dataset,
+        wildcards.fraction,
+        wildcards.backbone,
+        weight_source(wildcards),
+        wildcards.strategy,
+        wildcards.head,
+        int(wildcards.seed),
+    )
 
 
 @functools.cache

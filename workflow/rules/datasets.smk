@@ -9,13 +9,13 @@ rule download_archive:
     # Runs on the head node: compute nodes of a cluster often have no internet.
     output:
         "results/downloads/{dataset}.archive",
-    params:
-        url=lambda wildcards: dataset_spec(wildcards)["url"],
-        sha256=lambda wildcards: dataset_spec(wildcards)["sha256"],
     log:
         f"{LOGS}/download_archive/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        url=lambda wildcards: dataset_spec(wildcards)["url"],
+        sha256=lambda wildcards: dataset_spec(wildcards)["sha256"],
     script:
         "../scripts/download_archive.py"
 
@@ -27,11 +27,11 @@ rule obtain_dataset:
         manifest="results/datasets/{dataset}/manifest.csv",
         classes="results/datasets/{dataset}/classes.json",
         images=directory("results/datasets/{dataset}/images"),
-    params:
-        spec=dataset_spec,
     log:
         f"{LOGS}/obtain_dataset/{{dataset}}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        spec=dataset_spec,
     script:
         "../scripts/obtain_dataset.py"

@@ -10,13 +10,13 @@ rule evaluate_cell:
         metrics=f"{CELL_PATTERN}/test.json",
         predictions=f"{CELL_PATTERN}/predictions.csv",
         confusion=f"{CELL_PATTERN}/confusion.csv",
-    threads: config["resources"]["train_threads"]
-    resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        gpu=gpus_per_job(),
     log:
         f"{LOGS}/evaluate_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        gpu=gpus_per_job(),
     script:
         "../scripts/evaluate_cell.py"

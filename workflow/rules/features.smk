@@ -8,21 +8,21 @@ rule extract_features:
         weights=weights_file,
     output:
         features="results/features/{dataset}/{size}px/{backbone}/{weights}/{init}.pt",
+    log:
+        f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}_{{init}}.log",
     wildcard_constraints:
         init=r"pretrained|seed\d+",
-    params:
-        weights=weight_source,
-        init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,
-        device=config["train"]["device"],
-        batch_size=config["train"]["batch_size"],
+    conda:
+        "../../envs/torch.yaml"
     threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
         gpu=gpus_per_job(),
-    log:
-        f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}_{{init}}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        weights=weight_source,
+        init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,
+        device=config["train"]["device"],
+        batch_size=config["train"]["batch_size"],
     script:
         "../scripts/extract_features.py"

@@ -8,14 +8,14 @@ rule report:
         histories=cell_files("history.csv"),
         confusions=cell_files("confusion.csv"),
         code=package_source("report.py"),
-    params:
-        facet_by=config["report"]["facet_by"],
-        max_curves=config["report"]["max_curves"],
     output:
         html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
     log:
         f"{LOGS}/report.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        facet_by=config["report"]["facet_by"],
+        max_curves=config["report"]["max_curves"],
     script:
         "../scripts/report.py"

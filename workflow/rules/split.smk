@@ -6,11 +6,11 @@ rule split_dataset:
         manifest="results/datasets/{dataset}/manifest.csv",
     output:
         split="results/datasets/{dataset}/split.csv",
-    params:
-        split=config["split"],
     log:
         f"{LOGS}/split_dataset/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        split=config["split"],
     script:
         "../scripts/split_dataset.py"

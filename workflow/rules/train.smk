@@ -13,16 +13,16 @@ rule train_cell:
         history=f"{CELL_PATTERN}/history.csv",
         summary=f"{CELL_PATTERN}/train.json",
         cell=f"{CELL_PATTERN}/cell.json",
-    params:
-        cell=cell_params,
+    log:
+        f"{LOGS}/train_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
         gpu=gpus_per_job(),
-    log:
-        f"{LOGS}/train_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        cell=cell_params,
     script:
         "../scripts/train_cell.py"

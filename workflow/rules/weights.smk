@@ -13,10 +13,10 @@ localrules:
 rule fetch_weights:
     output:
         weights=f"{WEIGHTS_DIR}/{{backbone}}/{{weights}}.pt",
-    wildcard_constraints:
-        weights="|".join(FETCHED),
     log:
         f"{LOGS}/fetch_weights/{{backbone}}_{{weights}}.log",
+    wildcard_constraints:
+        weights="|".join(FETCHED),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -29,10 +29,10 @@ rule import_weights:
         checkpoint=imported_checkpoint,
     output:
         weights=f"{WEIGHTS_DIR}/{{backbone}}/file-{{key}}.pt",
-    wildcard_constraints:
-        key=r"[A-Za-z0-9_.-]+",
     log:
         f"{LOGS}/import_weights/{{backbone}}_file-{{key}}.log",
+    wildcard_constraints:
+        key=r"[A-Za-z0-9_.-]+",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -45,18 +45,18 @@ rule pretrain_backbone:
         unpack(pretrain_inputs),
     output:
         weights=f"{WEIGHTS_DIR}/{{backbone}}/pretrain-{{name}}.pt",
+    log:
+        f"{LOGS}/pretrain_backbone/{{backbone}}_{{name}}.log",
     wildcard_constraints:
         name=r"[A-Za-z0-9_.-]+",
-    params:
-        job=pretrain_job,
+    conda:
+        "../../envs/torch.yaml"
     threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
         gpu=gpus_per_job(),
-    log:
-        f"{LOGS}/pretrain_backbone/{{backbone}}_{{name}}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        job=pretrain_job,
     script:
         "../scripts/pretrain_backbone.py"

@@ -9,9 +9,13 @@ def optional_path(files):
 
 
 def main(smk, log):
-    inputs = CellInputs(split=Path(smk.input.split), classes=Path(smk.input.classes),
-                        cache=optional_path(smk.input.cache), weights=optional_path(smk.input.weights),
-                        features=optional_path(smk.input.features))
+    inputs = CellInputs(
+        split=Path(smk.input.split),
+        classes=Path(smk.input.classes),
+        cache=optional_path(smk.input.cache),
+        weights=optional_path(smk.input.weights),
+        features=optional_path(smk.input.features),
+    )
     train_cell(dict(smk.params.cell), inputs, Path(smk.output.model).parent, smk.threads, log)
 
 

@@ -19,9 +19,24 @@ COORDINATES = ("dataset", "fraction", "backbone", "weights", "strategy", "head",
 RECIPE = tuple(axis for axis in COORDINATES if axis != "seed")
 
 SUMMARY_COLUMNS = (
-    *COORDINATES, "pretrained", "freeze_depth", "image_size", "epochs", "epochs_run", "best_epoch", "val_acc",
-    "test_top1", "test_balanced_accuracy", "test_macro_f1",
-    "trainable_params", "frozen_params", "wall_seconds", "fit", "num_train", "num_classes", "cell_dir",
+    *COORDINATES,
+    "pretrained",
+    "freeze_depth",
+    "image_size",
+    "epochs",
+    "epochs_run",
+    "best_epoch",
+    "val_acc",
+    "test_top1",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "trainable_params",
+    "frozen_params",
+    "wall_seconds",
+    "fit",
+    "num_train",
+    "num_classes",
+    "cell_dir",
 )
 
 
@@ -52,9 +67,10 @@ def summarise_cell(cell_dir: Path) -> dict:
     """One summary row from a cell directory's cell.json, train.json and test.json."""
     cell_dir = Path(cell_dir)
     cell = _read_cell_json(cell_dir / "cell.json", (*COORDINATES, "image_size", "epochs"))
-    train = _read_cell_json(cell_dir / "train.json", (
-        "best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds",
-        "num_train", "num_classes"))
+    train = _read_cell_json(
+        cell_dir / "train.json",
+        ("best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes"),
+    )
     test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1"))
     return {
         **{axis: str(cell[axis]) for axis in RECIPE if axis != "fraction"},

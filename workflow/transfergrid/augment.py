@@ -8,7 +8,7 @@ batched kernel instead of a Python loop over PIL images.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,10 @@ def random_resized_crop_flip_rotate(
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack(
-        [torch.stack([width * cos * flip, -height * sin, centre_x], 1),
-         torch.stack([width * sin * flip, height * cos, centre_y], 1)],
+        [
+            torch.stack([width * cos * flip, -height * sin, centre_x], 1),
+            torch.stack([width * sin * flip, height * cos, centre_y], 1),
+        ],
         1,
     ).to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)

@@ -49,7 +49,7 @@ class BackboneSpec:
     #   init_weights:    the torchvision constructor takes ``init_weights`` (set unless loading).
     options: dict = field(default_factory=dict)
     # The family adapter; None picks one from the built model's class (generic names).
-    adapter: "Adapter | None" = None
+    adapter: Adapter | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -173,7 +173,7 @@ class Adapter:
     def aux_features(self, net: nn.Module) -> int | None:
         return None
 
-    def dims(self, backbone: "Backbone", spec: BackboneSpec) -> tuple[int, int]:
+    def dims(self, backbone: Backbone, spec: BackboneSpec) -> tuple[int, int]:
         """(num_features, feature_channels), measured by one small forward pass."""
         fmap = backbone._probe(self.probe_size)
         return int(self.pool(backbone.net, fmap).shape[1]), int(self.global_average(backbone.net, fmap).shape[1])
@@ -236,7 +236,7 @@ class FeaturesSequentialAdapter(Adapter):
         else:
             raise ValueError(f"unknown stage grouping {self.grouping!r}")
         classifier = [f"classifier.{name}" for name, child in net.classifier.named_children() if _has_params(child)]
-        return _clean_stages(net, groups + [classifier])
+        return _clean_stages(net, [*groups, classifier])
 
     def forward_features(self, net, x):
         return net.features(x)
@@ -253,6 +253,7 @@ def _output_resolutions(features: nn.Sequential, size: int) -> dict[str, tuple]:
     """Spatial size of each child's output for a ``size`` px probe image."""
     sizes, handles = {}, []
     for name, child in features.named_children():
+
         def record(module, inputs, output, name=name):
             sizes[name] = tuple(output.shape[-2:])
 
@@ -441,7 +442,7 @@ class TimmAdapter(Adapter):
 
     def global_average(self, net, fmap):
         if fmap.ndim == 3:  # tokens: average the patch tokens, not the class/register tokens
-            return fmap[:, getattr(net, "num_prefix_tokens", 0):].mean(dim=1)
+            return fmap[:, getattr(net, "num_prefix_tokens", 0) :].mean(dim=1)
         return _spatial_mean(fmap, channels_last=str(getattr(net, "output_fmt", "NCHW")).endswith("NHWC"))
 
     def dims(self, backbone, spec):
@@ -502,23 +503,37 @@ def _adapter_for(spec: BackboneSpec, net: nn.Module) -> Adapter:
 
 
 def _timm_efficientnet_stages(num_blocks: int = 7) -> tuple[tuple[str, ...], ...]:
-    return (("conv_stem", "bn1"),) + tuple((f"blocks.{i}",) for i in range(num_blocks)) + (("conv_head", "bn2"),)
+    return (("conv_stem", "bn1"), *tuple((f"blocks.{i}",) for i in range(num_blocks)), ("conv_head", "bn2"))
 
 
 for _name in ("resnet18", "resnet50"):
     register(BackboneSpec(_name, "torchvision", _name, adapter=ResNetAdapter()))
 for _name in ("vgg16", "vgg16_bn"):
     register(BackboneSpec(_name, "torchvision", _name, adapter=FeaturesSequentialAdapter("maxpool")))
-register(BackboneSpec("inception_v3", "torchvision", "inception_v3", options={"transform_input": True},
-                     adapter=InceptionAdapter()))
-register(BackboneSpec("googlenet", "torchvision", "googlenet", options={"transform_input": True, "init_weights": True},
-                     adapter=GenericTorchvisionAdapter()))
+register(
+    BackboneSpec(
+        "inception_v3", "torchvision", "inception_v3", options={"transform_input": True}, adapter=InceptionAdapter()
+    )
+)
+register(
+    BackboneSpec(
+        "googlenet",
+        "torchvision",
+        "googlenet",
+        options={"transform_input": True, "init_weights": True},
+        adapter=GenericTorchvisionAdapter(),
+    )
+)
 for _name in ("mobilenet_v3_small", "mobilenet_v3_large"):
     register(BackboneSpec(_name, "torchvision", _name, adapter=FeaturesSequentialAdapter("resolution")))
-register(BackboneSpec("efficientnet_b0", "torchvision", "efficientnet_b0",
-                     adapter=FeaturesSequentialAdapter("children")))
-register(BackboneSpec("convnext_tiny", "torchvision", "convnext_tiny",
-                     adapter=FeaturesSequentialAdapter("resolution", flatten=False)))
+register(
+    BackboneSpec("efficientnet_b0", "torchvision", "efficientnet_b0", adapter=FeaturesSequentialAdapter("children"))
+)
+register(
+    BackboneSpec(
+        "convnext_tiny", "torchvision", "convnext_tiny", adapter=FeaturesSequentialAdapter("resolution", flatten=False)
+    )
+)
 register(BackboneSpec("vit_b_16", "torchvision", "vit_b_16", adapter=ViTAdapter()))
 # timm has both Chollet's original Xception (ported as legacy_xception) and the aligned xception41.
 register(BackboneSpec("xception", "timm", "legacy_xception", adapter=TimmAdapter()))
@@ -579,7 +594,7 @@ def check_weight_source(spec: BackboneSpec, weights: str) -> None:
     """Raise ValueError naming the valid sources when ``weights`` is not one of them."""
     valid = weight_sources(spec)
     base = weights.split(":", 1)[0] + ":" if ":" in weights else weights
-    if base not in valid or (base.endswith(":") and not weights[len(base):]):
+    if base not in valid or (base.endswith(":") and not weights[len(base) :]):
         raise ValueError(f"backbone {spec.name!r} has no weight source {weights!r}; valid: {valid}")
 
 
@@ -629,8 +644,9 @@ def _fold_transform_input(spec: BackboneSpec, prep: Preprocessing) -> Preprocess
     # transform_input(normalise(p)) is affine in p: (p - m') / s' with s' = 1 / slope, m' = -at0 * s'.
     new_std = 1.0 / (at1 - at0)
     new_mean = -at0 * new_std
-    return Preprocessing(tuple(round(float(v), 6) for v in new_mean), tuple(round(float(v), 6) for v in new_std),
-                         prep.input_size)
+    return Preprocessing(
+        tuple(round(float(v), 6) for v in new_mean), tuple(round(float(v), 6) for v in new_std), prep.input_size
+    )
 
 
 def preprocessing(spec: BackboneSpec, weights: str) -> Preprocessing:
@@ -735,8 +751,11 @@ class Backbone(nn.Module):
         # Old torchvision checkpoints predate BatchNorm's num_batches_tracked counter.
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        problems = [(label, keys) for label, keys in (("unexpected", unexpected), ("missing", missing),
-                                                      ("wrong shape", wrong)) if keys]
+        problems = [
+            (label, keys)
+            for label, keys in (("unexpected", unexpected), ("missing", missing), ("wrong shape", wrong))
+            if keys
+        ]
         if problems:
             detail = "; ".join(f"{label} keys ({len(keys)}): {', '.join(keys[:5])}" for label, keys in problems)
             raise ValueError(f"state dict does not fit backbone {self.spec.name!r} ({self.spec.arch}): {detail}")

@@ -7,8 +7,9 @@ while Snakemake parses the workflow, so nothing runs on a bad config.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 import yaml
@@ -83,7 +84,9 @@ def check_grid_names(config: dict) -> None:
         try:
             parse_strategy(name)
         except ValueError as exc:
-            raise ConfigError(f"config key 'grid.strategies[{index}]': {exc}; valid names: {strategy_names()}") from None
+            raise ConfigError(
+                f"config key 'grid.strategies[{index}]': {exc}; valid names: {strategy_names()}"
+            ) from None
     for index, entry in enumerate(grid["backbones"]):
         where = f"grid.backbones[{index}]"
         try:

@@ -45,7 +45,6 @@ def _normalised_sha256(url: str, sha256: object) -> str:
     return sha256.strip().lower()
 
 
-
 def _network_reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {one_line(error.reason)}"

@@ -29,13 +29,12 @@ def test_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> d
         "top1": float(accuracy_score(labels, preds)),
         "balanced_accuracy": float(balanced_accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, average="macro", labels=range(len(classes)), zero_division=0)),
-        "num_test": int(len(labels)),
+        "num_test": len(labels),
         "classes": classes,
     }
 
 
-def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path, threads: int = 1,
-                  log=print) -> dict:
+def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path, threads: int = 1, log=print) -> dict:
     """Write test.json, predictions.csv and confusion.csv next to the model."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -47,8 +46,10 @@ def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path,
     probs = logits.softmax(1).numpy()
     preds, targets = probs.argmax(1), targets.numpy()
     metrics = test_metrics(targets, preds, classes)
-    log(f"test on {len(rows)} images: top1 {metrics['top1']:.4f}, balanced {metrics['balanced_accuracy']:.4f}, "
-        f"macro-F1 {metrics['macro_f1']:.4f}")
+    log(
+        f"test on {len(rows)} images: top1 {metrics['top1']:.4f}, balanced {metrics['balanced_accuracy']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f}"
+    )
     predictions = pd.DataFrame({"index": rows, "label": targets, "pred": preds})
     predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])], axis=1)
     confusion = pd.DataFrame(confusion_matrix(targets, preds, labels=range(len(classes))), columns=classes)
@@ -57,4 +58,3 @@ def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path,
     write_csv(confusion, out_dir / "confusion.csv")
     write_json(out_dir / "test.json", metrics)
     return metrics
-

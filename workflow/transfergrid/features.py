@@ -20,8 +20,8 @@ Rows are manifest rows (all splits), so the split table's ``row`` indices select
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,8 +36,7 @@ from .io import atomic_path
 
 def uses_feature_cache(cell: dict) -> bool:
     """Whether a cell can train on cached features: frozen base, no augmentation, BN statistics fixed."""
-    return (cell["strategy"] == "frozen" and cell.get("augment", "none") == "none"
-            and not cell.get("train_bn", False))
+    return cell["strategy"] == "frozen" and cell.get("augment", "none") == "none" and not cell.get("train_bn", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,9 +44,16 @@ def uses_feature_cache(cell: dict) -> bool:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: torch.Tensor, mean: tuple, std: tuple, batch_size: int,
-                     device: torch.device, rows: np.ndarray | None = None,
-                     chunk_rows: int = 16384) -> dict[str, torch.Tensor]:
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    mean: tuple,
+    std: tuple,
+    batch_size: int,
+    device: torch.device,
+    rows: np.ndarray | None = None,
+    chunk_rows: int = 16384,
+) -> dict[str, torch.Tensor]:
     """``{"pooled": [N, num_features], "spatial": [N, feature_channels]}`` float32 on the CPU.
 
     Images go through ``train.TensorBatches`` in row order (same conversion, grayscale expansion and
@@ -62,7 +68,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: tuple, std
     pooled, spatial = [], []
     try:
         for start in range(0, len(rows), max(chunk_rows, batch_size)):
-            chunk = rows[start:start + max(chunk_rows, batch_size)]
+            chunk = rows[start : start + max(chunk_rows, batch_size)]
             batches = training.TensorBatches(images, dummy_labels, chunk, batch_size, device, mean, std, seed=None)
             for batch, _ in batches:
                 fmap = backbone.forward_features(batch)
@@ -80,9 +86,18 @@ def load_backbone(backbone: str, weights: str, weights_file: Path | None, init_s
     return training.build_model(cell, num_classes=1, weights_file=weights_file).backbone
 
 
-def build_feature_cache(backbone: str, weights: str, weights_file: Path | None, cache_path: Path, out_path: Path,
-                        batch_size: int = 256, threads: int = 1, device: str = "auto", log=print,
-                        init_seed: int = 0) -> dict:
+def build_feature_cache(
+    backbone: str,
+    weights: str,
+    weights_file: Path | None,
+    cache_path: Path,
+    out_path: Path,
+    batch_size: int = 256,
+    threads: int = 1,
+    device: str = "auto",
+    log=print,
+    init_seed: int = 0,
+) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
     torch_device = training.prepare_job(threads, device)
     net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None, init_seed)
@@ -94,8 +109,13 @@ def build_feature_cache(backbone: str, weights: str, weights_file: Path | None, 
     payload = {**features, "labels": labels.clone(), "backbone": backbone, "weights": weights}
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
-    summary = {"num_images": len(labels), "num_features": features["pooled"].shape[1],
-               "feature_channels": features["spatial"].shape[1], "seconds": seconds, "device": str(torch_device)}
+    summary = {
+        "num_images": len(labels),
+        "num_features": features["pooled"].shape[1],
+        "feature_channels": features["spatial"].shape[1],
+        "seconds": seconds,
+        "device": str(torch_device),
+    }
     log(f"features {backbone}/{weights}: {summary}")
     return summary
 
@@ -116,8 +136,15 @@ class FeatureBatches:
     would through the frozen network; without a seed, rows come in the given order.
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, batch_size: int,
-                 device: torch.device, seed: int | None = None):
+    def __init__(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        rows: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        seed: int | None = None,
+    ):
         rows_tensor = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         self.features = features[rows_tensor].float().to(device)
         self.labels = labels[rows_tensor].to(device)
@@ -132,14 +159,20 @@ class FeatureBatches:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
-            positions = order[start:start + self.batch_size].to(self.device)
+            positions = order[start : start + self.batch_size].to(self.device)
             yield self.features[positions], self.labels[positions]
 
 
 def feature_batches(cell: dict, payload: dict, rows: np.ndarray, device: torch.device, train: bool) -> FeatureBatches:
     """The FeatureBatches a cell's head consumes (its spec's ``input``), as ``train.make_batches``."""
-    return FeatureBatches(payload[HEADS[cell["head"]].input], payload["labels"], rows, cell["batch_size"], device,
-                          seed=cell["seed"] if train else None)
+    return FeatureBatches(
+        payload[HEADS[cell["head"]].input],
+        payload["labels"],
+        rows,
+        cell["batch_size"],
+        device,
+        seed=cell["seed"] if train else None,
+    )
 
 
 class HeadOnlyModel(nn.Module):
@@ -186,16 +219,29 @@ def head_state_into_model(model: nn.Module, head_state: dict) -> nn.Module:
     the head's own state dict. ``model.state_dict()`` is then the cell's full TransferModel state.
     """
     if head_state and all(key.startswith("head.") for key in head_state):
-        head_state = {key[len("head."):]: value for key, value in head_state.items()}
+        head_state = {key[len("head.") :]: value for key, value in head_state.items()}
     model.head.load_state_dict(head_state, strict=True)
     return model
 
 
-def fit_logreg_on_features(payload: dict, train_rows: np.ndarray, val_rows: np.ndarray, num_classes: int,
-                           options: dict | None = None, seed: int = 0) -> tuple[nn.Linear, float, dict]:
+def fit_logreg_on_features(
+    payload: dict,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    num_classes: int,
+    options: dict | None = None,
+    seed: int = 0,
+) -> tuple[nn.Linear, float, dict]:
     """``heads.fit_logreg`` on a feature cache's rows (the logreg head's input) for one cell."""
     features, labels = payload[HEADS["logreg"].input], payload["labels"]
     train_rows, val_rows = (torch.as_tensor(np.asarray(r), dtype=torch.long) for r in (train_rows, val_rows))
-    return fit_logreg(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
-                      logreg_c_grid(options), seed=seed, num_classes=num_classes,
-                      max_iter=int((options or {}).get("max_iter", 2000)))
+    return fit_logreg(
+        features[train_rows],
+        labels[train_rows],
+        features[val_rows],
+        labels[val_rows],
+        logreg_c_grid(options),
+        seed=seed,
+        num_classes=num_classes,
+        max_iter=int((options or {}).get("max_iter", 2000)),
+    )

@@ -58,11 +58,18 @@ def expand_cells(config: dict) -> list[Cell]:
     grid = config["grid"]
     models = [(entry["name"], weights) for entry in grid["backbones"] for weights in entry["weights"]]
     combos = itertools.product(
-        grid["datasets"], [format_fraction(f) for f in grid["fractions"]], models,
-        grid["strategies"], grid["heads"], grid["seeds"],
+        grid["datasets"],
+        [format_fraction(f) for f in grid["fractions"]],
+        models,
+        grid["strategies"],
+        grid["heads"],
+        grid["seeds"],
     )
-    cells = [Cell(d, f, b, _cell_weights(s, w), s, h, int(seed))
-             for d, f, (b, w), s, h, seed in combos if _compatible(s, _cell_weights(s, w), h)]
+    cells = [
+        Cell(d, f, b, _cell_weights(s, w), s, h, int(seed))
+        for d, f, (b, w), s, h, seed in combos
+        if _compatible(s, _cell_weights(s, w), h)
+    ]
     return list(dict.fromkeys(cells))  # drop duplicates (e.g. scratch over several weights), keep order
 
 
@@ -87,9 +94,21 @@ def cell_config(config: dict, cell: Cell) -> dict:
         **asdict(cell),
         "fraction": float(cell.fraction),
         "image_size": image_size(config, cell.backbone, cell.weights),
-        **{key: train[key] for key in ("epochs", "batch_size", "augment", "optimizer", "schedule",
-                                       "label_smoothing", "device", "train_bn", "early_stopping_patience",
-                                       "discriminative_lr")},
+        **{
+            key: train[key]
+            for key in (
+                "epochs",
+                "batch_size",
+                "augment",
+                "optimizer",
+                "schedule",
+                "label_smoothing",
+                "device",
+                "train_bn",
+                "early_stopping_patience",
+                "discriminative_lr",
+            )
+        },
         # Only this cell's own strategy and head options: editing another head's options must not
         # rerun this cell.
         "strategy_options": train["strategy_options"].get(strategy_base, {}),

@@ -19,11 +19,10 @@ Adding a head is one ``HEADS`` entry.
 from __future__ import annotations
 
 import copy
-
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,8 +55,9 @@ class BatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1 and self.track_running_stats:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                            False, 0.0, self.eps)
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
@@ -146,8 +146,16 @@ def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def fit_logreg(train_x, train_y, val_x, val_y, C_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
-               num_classes: int | None = None, max_iter: int = 2000) -> tuple[nn.Linear, float, dict[float, float]]:
+def fit_logreg(
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    C_grid: Sequence[float] = DEFAULT_C_GRID,
+    seed: int = 0,
+    num_classes: int | None = None,
+    max_iter: int = 2000,
+) -> tuple[nn.Linear, float, dict[float, float]]:
     """L2 multinomial logistic regression (lbfgs) per C on train; C chosen on val accuracy.
 
     Features are standardised (so one C grid means the same across backbones and lbfgs converges);
@@ -171,8 +179,7 @@ def fit_logreg(train_x, train_y, val_x, val_y, C_grid: Sequence[float] = DEFAULT
     fits, val_acc = {}, {}
     # One regularisation path from strong to weak: each fit starts from the previous solution
     # (warm start), which cuts lbfgs iterations several-fold without changing the optimum.
-    classifier = LogisticRegression(l1_ratio=0.0, solver="lbfgs", max_iter=max_iter, random_state=seed,
-                                    warm_start=True)
+    classifier = LogisticRegression(l1_ratio=0.0, solver="lbfgs", max_iter=max_iter, random_state=seed, warm_start=True)
     for C in sorted(float(c) for c in C_grid):
         classifier.set_params(C=C)
         # Feature matrices of a few thousand rows are too small for threaded BLAS: one thread

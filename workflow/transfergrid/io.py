@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _remove(path: Path) -> None:
@@ -51,8 +52,7 @@ def read_manifest(path: str | os.PathLike):
     """Read a manifest.csv keeping its types: class names like "0" and empty splits stay strings."""
     import pandas as pd
 
-    return pd.read_csv(path, dtype={"path": str, "label": int, "class_name": str, "split": str},
-                       keep_default_na=False)
+    return pd.read_csv(path, dtype={"path": str, "label": int, "class_name": str, "split": str}, keep_default_na=False)
 
 
 def write_csv(frame, path: str | os.PathLike) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import TransferGridError
 
@@ -18,6 +18,7 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
     """
     console = sys.stderr
     with open(smk.log[0], "w") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+
         def log(message: str) -> None:
             print(message, file=log_file, flush=True)
 

@@ -20,8 +20,9 @@ class TransferModel(nn.Module):
     auxiliary classifier (inception_v3) get an auxiliary head that only acts in training.
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Module, num_classes: int, spatial_head: bool = False,
-                 train_bn: bool = False):
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, num_classes: int, spatial_head: bool = False, train_bn: bool = False
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -72,7 +73,7 @@ class TransferModel(nn.Module):
             self.aux_head.requires_grad_(not phase.whole_base)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         if mode:
             for module in self._frozen:
@@ -97,9 +98,9 @@ class TransferModel(nn.Module):
             params = [p for module in stage for p in module.parameters() if p.requires_grad and id(p) not in staged]
             staged.update(id(p) for p in params)
             if params:
-                groups.append({"params": params, "lr_scale": discriminative_lr ** depth})
+                groups.append({"params": params, "lr_scale": discriminative_lr**depth})
         rest = [p for p in trainable if id(p) not in staged]
-        return [{"params": rest, "lr_scale": 1.0}] + groups
+        return [{"params": rest, "lr_scale": 1.0}, *groups]
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

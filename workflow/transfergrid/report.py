@@ -18,15 +18,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: no display, deterministic raster output
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from .aggregate import COORDINATES, RECIPE, SUMMARY_COLUMNS  # noqa: E402
-from .errors import TransferGridError  # noqa: E402
-from .grid import format_fraction  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from .aggregate import COORDINATES, RECIPE, SUMMARY_COLUMNS
+from .errors import TransferGridError
+from .grid import format_fraction
+from .io import atomic_path
 
 DEFAULT_FACETS = ("dataset", "fraction", "head")
 RANK_WITHIN = ("dataset", "fraction")  # not choices a user makes, so recipes are ranked within them
@@ -71,8 +71,7 @@ def load_summary(summary_csv: Path) -> pd.DataFrame:
         raise TransferGridError(f"missing summary table: {summary_csv}")
     text_columns = [*RECIPE, "cell_dir", "freeze_depth", "fit"]
     text_columns.remove("fraction")
-    summary = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""],
-                          dtype={column: str for column in text_columns})
+    summary = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(text_columns, str))
     missing = [column for column in SUMMARY_COLUMNS if column not in summary.columns]
     if missing:
         raise TransferGridError(f"{summary_csv} lacks column(s) {', '.join(missing)}")
@@ -96,24 +95,28 @@ def recipe_leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     Recipes are ranked within each dataset and training fraction; ties share a rank and are then
     ordered by their coordinates. No test column takes part in the order.
     """
-    aggregations = {"n_seeds": ("seed", "nunique"),
-                    "trainable_params": ("trainable_params", "max"),
-                    "wall_seconds": ("wall_seconds", "mean"),
-                    "first_seed": ("seed", "min")}
+    aggregations = {
+        "n_seeds": ("seed", "nunique"),
+        "trainable_params": ("trainable_params", "max"),
+        "wall_seconds": ("wall_seconds", "mean"),
+        "first_seed": ("seed", "min"),
+    }
     for metric in METRICS:
         aggregations[f"{metric}_mean"] = (metric, "mean")
         aggregations[f"{metric}_std"] = (metric, "std")
     board = summary.groupby(list(RECIPE), sort=True, dropna=False).agg(**aggregations).reset_index()
     board["init"] = board["weights"].map(init_label)
-    board["rank"] = (board.groupby(list(RANK_WITHIN), dropna=False)["val_acc_mean"]
-                     .rank(method="min", ascending=False).astype(int))
+    board["rank"] = (
+        board.groupby(list(RANK_WITHIN), dropna=False)["val_acc_mean"].rank(method="min", ascending=False).astype(int)
+    )
     return board.sort_values([*RANK_WITHIN, "rank", *RECIPE], kind="stable", ignore_index=True)
 
 
 def best_cells_by_val(summary: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, the single cell with the highest validation accuracy (ties: first by coordinates)."""
-    ordered = summary.sort_values(["val_acc", *COORDINATES], ascending=[False] + [True] * len(COORDINATES),
-                                  kind="stable")
+    ordered = summary.sort_values(
+        ["val_acc", *COORDINATES], ascending=[False] + [True] * len(COORDINATES), kind="stable"
+    )
     return ordered.groupby("dataset", sort=True).head(1).sort_values("dataset", ignore_index=True)
 
 
@@ -150,8 +153,7 @@ def varying_axes(summary: pd.DataFrame) -> list[str]:
 
 
 def short_recipe_label(recipe, axes: list[str]) -> str:
-    parts = [init_label(recipe["weights"]) if axis == "weights" else axis_value(axis, recipe[axis])
-             for axis in axes]
+    parts = [init_label(recipe["weights"]) if axis == "weights" else axis_value(axis, recipe[axis]) for axis in axes]
     if axes and "fraction" in axes:
         parts[axes.index("fraction")] = f"f={format_fraction(recipe['fraction'])}"
     return " · ".join(parts) or str(recipe["backbone"])
@@ -213,18 +215,34 @@ def plot_heatmaps(tables: list[tuple[str, pd.DataFrame]]):
     n_rows, n_columns = tables[0][1].shape
     ncols = min(3, len(tables))
     nrows = math.ceil(len(tables) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
-                             figsize=(ncols * (2.6 + 0.9 * n_columns), nrows * (1.1 + 0.45 * n_rows)))
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        squeeze=False,
+        layout="constrained",
+        figsize=(ncols * (2.6 + 0.9 * n_columns), nrows * (1.1 + 0.45 * n_rows)),
+    )
     used = []
     for i, (ax, (title, table)) in enumerate(zip(axes.flat, tables)):
-        sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".3f",
-                    cbar=False, linewidths=0.5, linecolor="white", yticklabels=i % ncols == 0)
+        sns.heatmap(
+            table,
+            ax=ax,
+            vmin=vmin,
+            vmax=vmax,
+            cmap="viridis",
+            annot=True,
+            fmt=".3f",
+            cbar=False,
+            linewidths=0.5,
+            linecolor="white",
+            yticklabels=i % ncols == 0,
+        )
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("strategy")
         ax.set_ylabel("backbone · weights" if i % ncols == 0 else "")
         ax.tick_params(axis="y", rotation=0)
         used.append(ax)
-    for ax in list(axes.flat)[len(tables):]:
+    for ax in list(axes.flat)[len(tables) :]:
         ax.set_visible(False)
     fig.colorbar(used[0].collections[0], ax=used, label="mean test top-1", shrink=0.9)
     return fig
@@ -254,12 +272,13 @@ def plot_curves(panels: list[tuple[str, pd.DataFrame, int]]):
     """Small multiples: two recipes per figure row, each a (loss, accuracy) pair."""
     pairs_per_row = min(2, len(panels))
     nrows = math.ceil(len(panels) / pairs_per_row)
-    fig, axes = plt.subplots(nrows, 2 * pairs_per_row, squeeze=False, layout="constrained",
-                             figsize=(2 * pairs_per_row * 2.7, nrows * 2.2))
+    fig, axes = plt.subplots(
+        nrows, 2 * pairs_per_row, squeeze=False, layout="constrained", figsize=(2 * pairs_per_row * 2.7, nrows * 2.2)
+    )
     flat = list(axes.flat)
     for i, (title, history, best_epoch) in enumerate(panels):
         plot_curve_pair(flat[2 * i], flat[2 * i + 1], history, best_epoch, title)
-    for ax in flat[2 * len(panels):]:
+    for ax in flat[2 * len(panels) :]:
         ax.set_visible(False)
     handles, labels = flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=3, fontsize=7, frameon=False)
@@ -274,9 +293,17 @@ def plot_confusion(confusion: pd.DataFrame, title: str):
     n = len(confusion.index)
     side = min(12.0, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(side + 1.0, side), layout="constrained")
-    sns.heatmap(pd.DataFrame(rates, index=confusion.index, columns=confusion.columns), ax=ax, vmin=0, vmax=1,
-                cmap="Blues", annot=counts if n <= 20 else False, fmt="d", square=True,
-                cbar_kws={"label": "fraction of the true class"})
+    sns.heatmap(
+        pd.DataFrame(rates, index=confusion.index, columns=confusion.columns),
+        ax=ax,
+        vmin=0,
+        vmax=1,
+        cmap="Blues",
+        annot=counts if n <= 20 else False,
+        fmt="d",
+        square=True,
+        cbar_kws={"label": "fraction of the true class"},
+    )
     ax.tick_params(axis="y", rotation=0)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -317,62 +344,90 @@ def section_header(summary: pd.DataFrame) -> str:
     names = {"weights": ("weight source", "weight sources"), "strategy": ("strategy", "strategies")}
     counts = [("cell", "cells", len(summary))] + [
         (*names.get(axis, (axis, f"{axis}s")), summary[axis].nunique())
-        for axis in ("dataset", "fraction", "backbone", "weights", "strategy", "head", "seed")]
+        for axis in ("dataset", "fraction", "backbone", "weights", "strategy", "head", "seed")
+    ]
     count_text = ", ".join(f"{n} {one if n == 1 else many}" for one, many, n in counts)
-    rows = "".join(f"<tr><th>{esc(axis)}</th><td>{value_list(summary, axis)}</td></tr>"
-                   for axis in (*COORDINATES, "epochs", "image_size"))
-    return ("<header><h1>Transfer-learning grid report</h1>"
-            f"<p>This run holds {esc(count_text)}.</p>"
-            f'<table id="grid">{rows}</table>'
-            + how_to_read("Each cell is one training run: one value of every axis above. A recipe is a "
-                          "cell without its seed; seeds measure how much a result moves by chance.")
-            + "</header>")
+    rows = "".join(
+        f"<tr><th>{esc(axis)}</th><td>{value_list(summary, axis)}</td></tr>"
+        for axis in (*COORDINATES, "epochs", "image_size")
+    )
+    return (
+        "<header><h1>Transfer-learning grid report</h1>"
+        f"<p>This run holds {esc(count_text)}.</p>"
+        f'<table id="grid">{rows}</table>'
+        + how_to_read(
+            "Each cell is one training run: one value of every axis above. A recipe is a "
+            "cell without its seed; seeds measure how much a result moves by chance."
+        )
+        + "</header>"
+    )
 
 
 def leaderboard_row(recipe) -> str:
     classes = ["pretrained" if recipe["weights"] != "none" else "scratch"]
     if recipe["rank"] == 1:
         classes.append("recommended")
-    cells = [f'<td class="num">{int(recipe["rank"])}</td>',
-             *(f"<td>{esc(axis_value(axis, recipe[axis]))}</td>" for axis in ("dataset", "fraction", "backbone")),
-             f'<td class="init">{esc(recipe["init"])}</td>',
-             *(f"<td>{esc(recipe[axis])}</td>" for axis in ("strategy", "head")),
-             f'<td class="num">{int(recipe["n_seeds"])}</td>',
-             *(f'<td class="num">{mean_std(recipe[f"{m}_mean"], recipe[f"{m}_std"])}</td>' for m in METRICS),
-             f'<td class="num">{int(recipe["trainable_params"]):,}</td>',
-             f'<td class="num">{format_seconds(recipe["wall_seconds"])}</td>']
+    cells = [
+        f'<td class="num">{int(recipe["rank"])}</td>',
+        *(f"<td>{esc(axis_value(axis, recipe[axis]))}</td>" for axis in ("dataset", "fraction", "backbone")),
+        f'<td class="init">{esc(recipe["init"])}</td>',
+        *(f"<td>{esc(recipe[axis])}</td>" for axis in ("strategy", "head")),
+        f'<td class="num">{int(recipe["n_seeds"])}</td>',
+        *(f'<td class="num">{mean_std(recipe[f"{m}_mean"], recipe[f"{m}_std"])}</td>' for m in METRICS),
+        f'<td class="num">{int(recipe["trainable_params"]):,}</td>',
+        f'<td class="num">{format_seconds(recipe["wall_seconds"])}</td>',
+    ]
     return f'<tr class="{" ".join(classes)}">{"".join(cells)}</tr>'
 
 
 def section_leaderboard(board: pd.DataFrame) -> str:
-    headings = ["rank", "dataset", "fraction", "backbone", "init", "strategy", "head", "seeds",
-                *(f"{label} (mean ± std)" for label in METRICS.values()), "trainable params", "wall time / run"]
+    headings = [
+        "rank",
+        "dataset",
+        "fraction",
+        "backbone",
+        "init",
+        "strategy",
+        "head",
+        "seeds",
+        *(f"{label} (mean ± std)" for label in METRICS.values()),
+        "trainable params",
+        "wall time / run",
+    ]
     head = "".join(f"<th>{esc(h)}</th>" for h in headings)
     body = "".join(leaderboard_row(recipe) for _, recipe in board.iterrows())
-    return ('<section id="leaderboard"><h2>Leaderboard</h2>'
-            "<p>Recipes are ranked by their mean <strong>validation</strong> accuracy, never by a test "
-            "metric: the test split is only reported, so the recommended recipe (rank 1, shaded) is the one "
-            "you would have picked without ever looking at it. Ranks restart for each dataset and training "
-            "fraction.</p>"
-            f'<table id="leaderboard-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-            + how_to_read("Each row is a recipe averaged over its seeds (mean ± standard deviation). "
-                          "The init column says whether the backbone started from pretrained weights or from "
-                          "scratch; a gap between validation and test accuracy larger than the spread over "
-                          "seeds hints that the validation split is small or unrepresentative.")
-            + "</section>")
+    return (
+        '<section id="leaderboard"><h2>Leaderboard</h2>'
+        "<p>Recipes are ranked by their mean <strong>validation</strong> accuracy, never by a test "
+        "metric: the test split is only reported, so the recommended recipe (rank 1, shaded) is the one "
+        "you would have picked without ever looking at it. Ranks restart for each dataset and training "
+        "fraction.</p>"
+        f'<table id="leaderboard-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        + how_to_read(
+            "Each row is a recipe averaged over its seeds (mean ± standard deviation). "
+            "The init column says whether the backbone started from pretrained weights or from "
+            "scratch; a gap between validation and test accuracy larger than the spread over "
+            "seeds hints that the validation split is small or unrepresentative."
+        )
+        + "</section>"
+    )
 
 
 def section_heatmaps(summary: pd.DataFrame, facet_by) -> str:
     tables = heatmap_tables(summary, facet_by)
     facets = ", ".join(facet_by) or "nothing"
     uri = figure_to_data_uri(plot_heatmaps(tables))
-    return ('<section id="heatmaps"><h2>Mean test top-1 by model and strategy</h2>'
-            + image_tag(uri, f"heatmaps of mean test top-1, one per {facets}")
-            + how_to_read(f"One panel per combination of {esc(facets)}; rows are backbone · weights, so the "
-                          "same backbone pretrained and from scratch sit in neighbouring rows, and columns are "
-                          "fine-tuning strategies. All panels share one colour scale; blank squares were not run. "
-                          "These are test numbers for comparison only, not for choosing.")
-            + "</section>")
+    return (
+        '<section id="heatmaps"><h2>Mean test top-1 by model and strategy</h2>'
+        + image_tag(uri, f"heatmaps of mean test top-1, one per {facets}")
+        + how_to_read(
+            f"One panel per combination of {esc(facets)}; rows are backbone · weights, so the "
+            "same backbone pretrained and from scratch sit in neighbouring rows, and columns are "
+            "fine-tuning strategies. All panels share one colour scale; blank squares were not run. "
+            "These are test numbers for comparison only, not for choosing."
+        )
+        + "</section>"
+    )
 
 
 def section_curves(summary: pd.DataFrame, board: pd.DataFrame, limit: int) -> str:
@@ -385,51 +440,71 @@ def section_curves(summary: pd.DataFrame, board: pd.DataFrame, limit: int) -> st
         panels.append((title, read_history(cell["cell_dir"]), int(cell["best_epoch"])))
     uri = figure_to_data_uri(plot_curves(panels))
     shown = f"the {len(panels)} best recipes by validation rank" if len(panels) < len(board) else "every recipe"
-    return ('<section id="curves"><h2>Training curves</h2>'
-            f"<p>Curves of {esc(shown)}, each from its lowest seed.</p>"
-            + image_tag(uri, "training and validation loss and accuracy per epoch")
-            + how_to_read("Solid lines are the training split, dashed lines validation; the red line marks the "
-                          "epoch whose weights were kept (best validation accuracy) and dotted grey lines mark "
-                          "a change of training phase. Train far above val means overfitting.")
-            + "</section>")
+    return (
+        '<section id="curves"><h2>Training curves</h2>'
+        f"<p>Curves of {esc(shown)}, each from its lowest seed.</p>"
+        + image_tag(uri, "training and validation loss and accuracy per epoch")
+        + how_to_read(
+            "Solid lines are the training split, dashed lines validation; the red line marks the "
+            "epoch whose weights were kept (best validation accuracy) and dotted grey lines mark "
+            "a change of training phase. Train far above val means overfitting."
+        )
+        + "</section>"
+    )
 
 
 def best_cell_block(cell) -> str:
     confusion = read_confusion(cell["cell_dir"])
     title = " · ".join(axis_value(axis, cell[axis]) for axis in COORDINATES[:-1]) + f" · seed {int(cell['seed'])}"
     uri = figure_to_data_uri(plot_confusion(confusion, title))
-    facts = [("cell", f"<code>{esc(cell['cell_dir'])}</code>"),
-             *((axis, esc(axis_value(axis, cell[axis]))) for axis in COORDINATES),
-             ("init", esc(init_label(cell["weights"]))),
-             ("best epoch", str(int(cell["best_epoch"]))),
-             *((label, f"{cell[metric]:.4f}") for metric, label in METRICS.items()),
-             ("training images", str(int(cell["num_train"])))]
+    facts = [
+        ("cell", f"<code>{esc(cell['cell_dir'])}</code>"),
+        *((axis, esc(axis_value(axis, cell[axis]))) for axis in COORDINATES),
+        ("init", esc(init_label(cell["weights"]))),
+        ("best epoch", str(int(cell["best_epoch"]))),
+        *((label, f"{cell[metric]:.4f}") for metric, label in METRICS.items()),
+        ("training images", str(int(cell["num_train"]))),
+    ]
     rows = "".join(f"<tr><th>{esc(name)}</th><td>{value}</td></tr>" for name, value in facts)
-    return (f'<div class="best-cell"><h3>{esc(cell["dataset"])}</h3>'
-            f'<table class="best-cell-facts">{rows}</table>'
-            + image_tag(uri, f"confusion matrix of the best cell on {cell['dataset']}") + "</div>")
+    return (
+        f'<div class="best-cell"><h3>{esc(cell["dataset"])}</h3>'
+        f'<table class="best-cell-facts">{rows}</table>'
+        + image_tag(uri, f"confusion matrix of the best cell on {cell['dataset']}")
+        + "</div>"
+    )
 
 
 def section_confusion(summary: pd.DataFrame) -> str:
     blocks = "".join(best_cell_block(cell) for _, cell in best_cells_by_val(summary).iterrows())
-    return ('<section id="confusion"><h2>Best cell: confusion matrix</h2>'
-            "<p>For each dataset, the single cell with the highest <strong>validation</strong> accuracy; "
-            "its test metrics are shown as they came out.</p>"
-            + blocks
-            + how_to_read("Rows are true classes, columns predicted classes; numbers are test-image counts and the "
-                          "colour is the share of each true class, so a perfect model is a dark diagonal. "
-                          "Off-diagonal squares show which classes are confused with which.")
-            + "</section>")
+    return (
+        '<section id="confusion"><h2>Best cell: confusion matrix</h2>'
+        "<p>For each dataset, the single cell with the highest <strong>validation</strong> accuracy; "
+        "its test metrics are shown as they came out.</p>"
+        + blocks
+        + how_to_read(
+            "Rows are true classes, columns predicted classes; numbers are test-image counts and the "
+            "colour is the share of each true class, so a perfect model is a dark diagonal. "
+            "Off-diagonal squares show which classes are confused with which."
+        )
+        + "</section>"
+    )
 
 
 def render_html(summary: pd.DataFrame, facet_by=DEFAULT_FACETS, max_curves: int = MAX_CURVES) -> str:
     board = recipe_leaderboard(summary)
     with matplotlib.rc_context(PLOT_RC):
-        sections = [section_header(summary), section_leaderboard(board), section_heatmaps(summary, facet_by),
-                    section_curves(summary, board, max_curves), section_confusion(summary)]
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            "<title>transfergrid report</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+        sections = [
+            section_header(summary),
+            section_leaderboard(board),
+            section_heatmaps(summary, facet_by),
+            section_curves(summary, board, max_curves),
+            section_confusion(summary),
+        ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>transfergrid report</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
 
 
 def render_report(summary_csv: Path, out_html: Path, facet_by=DEFAULT_FACETS, max_curves: int = MAX_CURVES) -> None:

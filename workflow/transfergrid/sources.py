@@ -20,10 +20,11 @@ import os
 import random
 import re
 import struct
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -71,7 +72,6 @@ class Collected:
 
 
 # --------------------------------------------------------------------------- small helpers
-
 
 
 def _is_ignored(name: str) -> bool:
@@ -307,7 +307,10 @@ def _materialise(source: InMemorySource, images_dir: Path, options: Options) -> 
         for part in source.splits:
             names = [source.class_names[int(label)] for label in part.labels]
             indices = _limit_per_class(
-                range(len(names)), lambda i: (part.split, names[i]), options.max_per_class, options.seed
+                range(len(names)),
+                lambda i, split=part.split, names=names: (split, names[i]),
+                options.max_per_class,
+                options.seed,
             )
             for index in indices:
                 relative = Path(part.split or "all", dir_names[names[index]], f"{index}.png")
@@ -356,8 +359,7 @@ def _load_fashion_mnist_debian(spec: dict) -> InMemorySource:
     directory = FASHION_MNIST_DEBIAN_DIR
     if not directory.is_dir():
         raise DataError(
-            f"builtin fashion_mnist_debian needs {directory}: install it with "
-            "'apt-get install dataset-fashion-mnist'"
+            f"builtin fashion_mnist_debian needs {directory}: install it with 'apt-get install dataset-fashion-mnist'"
         )
     splits = []
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -517,7 +519,7 @@ def _raise_for_corrupt(name: str, corrupt: list[ImageRecord]) -> None:
 def _check_counts(name: str, classes: list[str], records: list[ImageRecord]) -> dict[str, int]:
     if not records:
         raise DataError(f"dataset {name} has no images")
-    counts = {c: 0 for c in classes}
+    counts = dict.fromkeys(classes, 0)
     for record in records:
         counts[record.class_name] += 1
     empty = [c for c, n in counts.items() if n == 0]

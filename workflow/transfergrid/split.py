@@ -22,7 +22,7 @@ def _split_class(rows: np.ndarray, shares: dict[str, float], rng: np.random.Gene
     parts, start = {}, 0
     for split, share in shares.items():
         size = max(0, min(max(1, round(len(rows) * share)), len(rows) - start - 1))
-        parts[split] = rows[start:start + size]
+        parts[split] = rows[start : start + size]
         start += size
     parts["train"] = rows[start:]
     return parts
@@ -62,8 +62,9 @@ def make_split(manifest: pd.DataFrame, val: float, test: float, seed: int) -> pd
         raise DataError(f"split.val + split.test must be below 1, got {val} + {test}")
     manifest = manifest.reset_index(drop=True)
     split = assign_splits(manifest, val, test, seed)
-    table = pd.DataFrame({"row": manifest.index, "label": manifest["label"], "split": split,
-                          "rank": train_ranks(manifest, split, seed)})
+    table = pd.DataFrame(
+        {"row": manifest.index, "label": manifest["label"], "split": split, "rank": train_ranks(manifest, split, seed)}
+    )
     small = table[table.split == "train"].groupby("label").size()
     if (small < 1).any() or len(small) < manifest["label"].nunique():
         raise DataError("split: some class has no training image; add images or lower split.val/split.test")

@@ -10,9 +10,9 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,8 +65,18 @@ class TensorBatches:
     On a GPU the selected rows are copied to device memory once, so an epoch is pure tensor work.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, batch_size: int,
-                 device: torch.device, mean: tuple, std: tuple, augment: str = "none", seed: int | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        rows: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        mean: tuple,
+        std: tuple,
+        augment: str = "none",
+        seed: int | None = None,
+    ):
         rows_tensor = torch.as_tensor(rows, dtype=torch.long)
         self.images = images[rows_tensor].to(device) if device.type == "cuda" else images
         self.labels = labels[rows_tensor].to(device)
@@ -82,9 +92,11 @@ class TensorBatches:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.rows), generator=self.generator) if self.shuffle else torch.arange(len(self.rows))
+        order = (
+            torch.randperm(len(self.rows), generator=self.generator) if self.shuffle else torch.arange(len(self.rows))
+        )
         for start in range(0, len(order), self.batch_size):
-            positions = order[start:start + self.batch_size]
+            positions = order[start : start + self.batch_size]
             images = self.images[self.rows[positions]].to(self.device, non_blocking=True).float().div_(255)
             images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
             images = (images - self.mean) / self.std
@@ -104,8 +116,13 @@ def build_model(cell: dict, num_classes: int, weights_file: Path | None) -> Tran
         backbone = build_backbone(spec, state)
     head_spec = HEADS[cell["head"]]
     head = build_head(cell["head"], head_input_size(head_spec, backbone), num_classes, cell.get("head_options"))
-    return TransferModel(backbone, head, num_classes, spatial_head=head_spec.input == "spatial",
-                         train_bn=bool(cell.get("train_bn", False)))
+    return TransferModel(
+        backbone,
+        head,
+        num_classes,
+        spatial_head=head_spec.input == "spatial",
+        train_bn=bool(cell.get("train_bn", False)),
+    )
 
 
 def optimizer_groups(model: nn.Module, discriminative_lr: float | None) -> list[dict]:
@@ -120,9 +137,13 @@ def build_optimizer(model: nn.Module, cell: dict, lr: float) -> torch.optim.Opti
     groups = optimizer_groups(model, cell.get("discriminative_lr"))
     if settings["name"] == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=settings["weight_decay"])
-    return torch.optim.SGD(groups, lr=lr, momentum=settings["momentum"],
-                           nesterov=settings["nesterov"] and settings["momentum"] > 0,
-                           weight_decay=settings["weight_decay"])
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=settings["momentum"],
+        nesterov=settings["nesterov"] and settings["momentum"] > 0,
+        weight_decay=settings["weight_decay"],
+    )
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -147,8 +168,9 @@ def lr_factor(schedule: dict, epoch: int, epochs: int) -> float:
 # One epoch
 
 
-def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module) -> tuple[float, float]:
+def train_one_epoch(
+    model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+) -> tuple[float, float]:
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in batches:
@@ -222,13 +244,23 @@ def fit(model: nn.Module, strategy: Strategy, train_batches, val_batches, cell: 
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(model, train_batches, optimizer, loss_fn)
         val_loss, val_acc = evaluate(model, val_batches, loss_fn)
-        row = {"epoch": epoch + 1, "phase": phase.name, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started,
-               "trainable_params": model.parameter_counts()["trainable_params"],
-               "optimizer_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
+        row = {
+            "epoch": epoch + 1,
+            "phase": phase.name,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "trainable_params": model.parameter_counts()["trainable_params"],
+            "optimizer_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+        }
         history.append(row)
-        log("epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
-            "acc {val_acc:.4f} | lr {lr:.2g} | {seconds:.1f}s".format(**row))
+        log(
+            "epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
+            "acc {val_acc:.4f} | lr {lr:.2g} | {seconds:.1f}s".format(**row)
+        )
         if _is_better(val_acc, val_loss, best_acc, best_loss):
             best_acc, best_loss = val_acc, val_loss
             best = (epoch + 1, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
@@ -253,23 +285,43 @@ class CellInputs:
 
 def make_batches(cell: dict, images, labels, rows, device, train: bool) -> TensorBatches:
     prep = preprocessing(resolve_backbone(cell["backbone"]), cell["weights"])
-    return TensorBatches(images, labels, rows, cell["batch_size"], device, prep.mean, prep.std,
-                         augment=cell["augment"] if train else "none", seed=cell["seed"] if train else None)
+    return TensorBatches(
+        images,
+        labels,
+        rows,
+        cell["batch_size"],
+        device,
+        prep.mean,
+        prep.std,
+        augment=cell["augment"] if train else "none",
+        seed=cell["seed"] if train else None,
+    )
 
 
 def fit_through_network(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
     images, labels = load_cache(inputs.cache)
-    return fit(model, strategy, make_batches(cell, images, labels, rows["train"], device, True),
-               make_batches(cell, images, labels, rows["val"], device, False), cell, log)
+    return fit(
+        model,
+        strategy,
+        make_batches(cell, images, labels, rows["train"], device, True),
+        make_batches(cell, images, labels, rows["val"], device, False),
+        cell,
+        log,
+    )
 
 
 def fit_on_features(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
     """Train the head alone on cached features: the same experiment as through the frozen network
     (same batches, same initialisation), without running the backbone every epoch."""
     payload = features.load_features(inputs.features)
-    result = fit(features.head_only_model(model), strategy,
-                 features.feature_batches(cell, payload, rows["train"], device, True),
-                 features.feature_batches(cell, payload, rows["val"], device, False), cell, log)
+    result = fit(
+        features.head_only_model(model),
+        strategy,
+        features.feature_batches(cell, payload, rows["train"], device, True),
+        features.feature_batches(cell, payload, rows["val"], device, False),
+        cell,
+        log,
+    )
     result.best_state = features.head_state_into_model(model, result.best_state).state_dict()
     check_features_match_network(model, payload, inputs, cell, rows["val"], device)
     return result
@@ -288,25 +340,42 @@ def check_features_match_network(model, payload, inputs: CellInputs, cell, rows,
     on_features, _ = predict(model.head, features.feature_batches(cell, payload, sample, device, False))
     error = ((through_network - on_features).norm() / on_features.norm().clamp_min(1e-12)).item()
     if error > FEATURE_MATCH_TOLERANCE:
-        raise RuntimeError(f"cached features of {inputs.features} do not match the cell's backbone "
-                           f"(relative logit error {error:.3g})")
+        raise RuntimeError(
+            f"cached features of {inputs.features} do not match the cell's backbone (relative logit error {error:.3g})"
+        )
 
 
 def fit_closed_form(model, strategy, inputs: CellInputs, cell, rows, device, log) -> FitResult:
     """Heads fit by scikit-learn on cached features (logreg), regularisation chosen on val."""
     payload = features.load_features(inputs.features)
     linear, chosen_c, val_accuracy = features.fit_logreg_on_features(
-        payload, rows["train"], rows["val"], model.head.out_features, cell.get("head_options"), cell["seed"])
+        payload, rows["train"], rows["val"], model.head.out_features, cell.get("head_options"), cell["seed"]
+    )
     model.head.load_state_dict(linear.state_dict())
     head_model = features.head_only_model(model)
     head_model.apply_phase(strategy.phase(0, model.num_stages))
     loss_fn = make_loss(cell["head"], 0.0)
-    train_loss, train_acc = evaluate(head_model, features.feature_batches(cell, payload, rows["train"], device, False), loss_fn)
-    val_loss, val_acc = evaluate(head_model, features.feature_batches(cell, payload, rows["val"], device, False), loss_fn)
+    train_loss, train_acc = evaluate(
+        head_model, features.feature_batches(cell, payload, rows["train"], device, False), loss_fn
+    )
+    val_loss, val_acc = evaluate(
+        head_model, features.feature_batches(cell, payload, rows["val"], device, False), loss_fn
+    )
     log(f"logreg: C={chosen_c} chosen on val; val accuracy per C: {val_accuracy}")
-    history = [{"epoch": 1, "phase": f"logreg C={chosen_c}", "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, "lr": 0.0, "seconds": 0.0,
-                "trainable_params": head_model.parameter_counts()["trainable_params"], "optimizer_params": 0}]
+    history = [
+        {
+            "epoch": 1,
+            "phase": f"logreg C={chosen_c}",
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": 0.0,
+            "seconds": 0.0,
+            "trainable_params": head_model.parameter_counts()["trainable_params"],
+            "optimizer_params": 0,
+        }
+    ]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return FitResult(history, state, 1, val_acc, val_loss, head_model.parameter_counts())
 
@@ -332,10 +401,19 @@ def train_cell(cell: dict, inputs: CellInputs, out_dir: Path, threads: int = 1, 
     result = fitter(model, strategy, inputs, cell, rows, device, log)
     wall = time.perf_counter() - started
 
-    summary = {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
-               "best_val_loss": result.best_val_loss, "epochs_run": len(result.history),
-               **result.parameter_counts, "wall_seconds": wall, "device": str(device), "fit": fitter.__name__,
-               "num_train": len(rows["train"]), "num_val": len(rows["val"]), "num_classes": len(classes)}
+    summary = {
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "best_val_loss": result.best_val_loss,
+        "epochs_run": len(result.history),
+        **result.parameter_counts,
+        "wall_seconds": wall,
+        "device": str(device),
+        "fit": fitter.__name__,
+        "num_train": len(rows["train"]),
+        "num_val": len(rows["val"]),
+        "num_classes": len(classes),
+    }
     write_outputs(out_dir, cell, classes, result, summary)
     return summary
 

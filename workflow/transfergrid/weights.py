@@ -23,8 +23,17 @@ from pathlib import Path
 
 import torch
 
-from .backbones import (FILE_PREFIX, HUB, PACKAGED, PRETRAIN_PREFIX, SCRATCH, build_backbone,
-                        fetch_hub_state_dict, load_packaged_state_dict, resolve_backbone)
+from .backbones import (
+    FILE_PREFIX,
+    HUB,
+    PACKAGED,
+    PRETRAIN_PREFIX,
+    SCRATCH,
+    build_backbone,
+    fetch_hub_state_dict,
+    load_packaged_state_dict,
+    resolve_backbone,
+)
 from .downloads import sha256_of
 from .errors import ConfigError, DataError
 from .io import atomic_path
@@ -34,8 +43,15 @@ FILE_SLUG = "file-"
 PRETRAIN_SLUG = "pretrain-"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Settings of one `pretrain.<name>` entry; the config schema's defaults are the same.
-PRETRAIN_DEFAULTS = {"dataset": None, "classes": None, "fraction": 1.0, "epochs": None, "lr": None,
-                     "image_size": None, "seed": 0}
+PRETRAIN_DEFAULTS = {
+    "dataset": None,
+    "classes": None,
+    "fraction": 1.0,
+    "epochs": None,
+    "lr": None,
+    "image_size": None,
+    "seed": 0,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,18 +66,19 @@ def weights_slug(weights: str) -> str:
     never contain ``:`` or ``/``, and a slug's slug is itself.
     """
     if weights.startswith(FILE_PREFIX):
-        path = weights[len(FILE_PREFIX):]
+        path = weights[len(FILE_PREFIX) :]
         stem = re.sub(r"[^A-Za-z0-9_]+", "_", Path(path).stem).strip("_")[:40] or "checkpoint"
         return f"{FILE_SLUG}{stem}-{hashlib.sha1(path.encode()).hexdigest()[:12]}"
     if weights.startswith(PRETRAIN_PREFIX):
-        return PRETRAIN_SLUG + weights[len(PRETRAIN_PREFIX):]
+        return PRETRAIN_SLUG + weights[len(PRETRAIN_PREFIX) :]
     return weights
 
 
 def grid_weight_sources(config: dict, backbone: str | None = None) -> list[str]:
     """Every weight source listed in the grid (of one backbone when given), in order."""
-    sources = [w for entry in config["grid"]["backbones"] if backbone in (None, entry["name"])
-               for w in entry["weights"]]
+    sources = [
+        w for entry in config["grid"]["backbones"] if backbone in (None, entry["name"]) for w in entry["weights"]
+    ]
     return list(dict.fromkeys(sources))
 
 
@@ -71,7 +88,7 @@ def weights_from_slug(config: dict, backbone: str, slug: str) -> str:
         if weights_slug(weights) == slug:
             return weights
     if slug.startswith(PRETRAIN_SLUG):
-        return PRETRAIN_PREFIX + slug[len(PRETRAIN_SLUG):]
+        return PRETRAIN_PREFIX + slug[len(PRETRAIN_SLUG) :]
     if slug.startswith(FILE_SLUG):
         raise ConfigError(f"weights {slug!r} of backbone {backbone!r} matches no file: source in grid.backbones")
     return slug
@@ -81,7 +98,7 @@ def file_source(config: dict, slug: str) -> str:
     """The checkpoint path of the grid's ``file:`` source whose slug is ``slug``."""
     for weights in grid_weight_sources(config):
         if weights.startswith(FILE_PREFIX) and weights_slug(weights) == slug:
-            return weights[len(FILE_PREFIX):]
+            return weights[len(FILE_PREFIX) :]
     raise ConfigError(f"weights {slug!r} matches no file: source in grid.backbones")
 
 
@@ -110,21 +127,23 @@ def check_weight_sources(config: dict, check_files: bool = True) -> None:
             raise ConfigError(f"config key 'pretrain.{name}': names may hold only letters, digits, '_', '.', '-'")
         dataset = pretrain_settings(config, name)["dataset"]
         if dataset not in config["datasets"]:
-            raise ConfigError(f"config key 'pretrain.{name}.dataset': unknown dataset {dataset!r}; "
-                              f"valid names: {datasets}")
+            raise ConfigError(
+                f"config key 'pretrain.{name}.dataset': unknown dataset {dataset!r}; valid names: {datasets}"
+            )
     for index, entry in enumerate(config["grid"]["backbones"]):
         for w_index, weights in enumerate(entry["weights"]):
             where = f"config key 'grid.backbones[{index}].weights[{w_index}]'"
             if weights.startswith(PRETRAIN_PREFIX):
-                name = weights[len(PRETRAIN_PREFIX):]
+                name = weights[len(PRETRAIN_PREFIX) :]
                 if name not in pretrain and name not in config["datasets"]:
                     valid = [PRETRAIN_PREFIX + n for n in sorted(set(pretrain) | set(datasets))]
-                    raise ConfigError(f"{where}: unknown pretrain source {name!r} (not in `pretrain` nor "
-                                      f"`datasets`); valid: {valid}")
+                    raise ConfigError(
+                        f"{where}: unknown pretrain source {name!r} (not in `pretrain` nor `datasets`); valid: {valid}"
+                    )
                 if not SAFE_NAME.fullmatch(name):
                     raise ConfigError(f"{where}: {weights!r} may hold only letters, digits, '_', '.', '-'")
             elif weights.startswith(FILE_PREFIX) and check_files:
-                path = Path(weights[len(FILE_PREFIX):])
+                path = Path(weights[len(FILE_PREFIX) :])
                 if not path.is_file():
                     raise ConfigError(f"{where}: weights file {str(path)!r} does not exist")
 
@@ -173,7 +192,9 @@ def load_checkpoint(path: str | Path):
                 f"({refused.group(1)}); save a state dict instead: torch.save(model.state_dict(), path)"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        reason = detail.group(1).strip() if detail else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        reason = (
+            detail.group(1).strip() if detail else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        )
         raise DataError(f"weights file {str(path)!r} is not a readable PyTorch checkpoint ({reason})") from None
 
 
@@ -190,18 +211,21 @@ def checkpoint_state_dict(checkpoint, backbone: str, path: str | Path) -> dict:
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
             keys = sorted(map(str, obj))[:8]
-            raise DataError(f"weights file {str(path)!r}: no state dict found (top-level keys {keys}); expected "
-                            f"a state dict or one under {list(_WRAPPER_KEYS)}")
+            raise DataError(
+                f"weights file {str(path)!r}: no state dict found (top-level keys {keys}); expected "
+                f"a state dict or one under {list(_WRAPPER_KEYS)}"
+            )
         obj = inner
     if not _is_state_dict(obj):
         raise DataError(f"weights file {str(path)!r}: holds a {type(obj).__name__}, not a state dict")
     if isinstance(cell, dict) and cell.get("backbone") not in (None, backbone):
-        raise DataError(f"weights file {str(path)!r} is a transfergrid cell of backbone {cell['backbone']!r}, "
-                        f"not {backbone!r}")
+        raise DataError(
+            f"weights file {str(path)!r} is a transfergrid cell of backbone {cell['backbone']!r}, not {backbone!r}"
+        )
     if any(k.startswith(CELL_PREFIX) for k in obj):
-        return {k[len(CELL_PREFIX):]: v for k, v in obj.items() if k.startswith(CELL_PREFIX)}
+        return {k[len(CELL_PREFIX) :]: v for k, v in obj.items() if k.startswith(CELL_PREFIX)}
     if all(k.startswith("module.") for k in obj):
-        return {k[len("module."):]: v for k, v in obj.items()}
+        return {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -211,12 +235,18 @@ def fit_backbone_state(state: dict, backbone: str, path: str | Path, log=print) 
     expected = build_backbone(resolve_backbone(backbone)).net.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
-        raise DataError(f"weights file {str(path)!r} does not fit backbone {backbone!r}: {len(missing)} of its "
-                        f"{len(expected)} tensors are missing, e.g. {missing[:3]}")
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+        raise DataError(
+            f"weights file {str(path)!r} does not fit backbone {backbone!r}: {len(missing)} of its "
+            f"{len(expected)} tensors are missing, e.g. {missing[:3]}"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
+    ]
     if wrong:
-        raise DataError(f"weights file {str(path)!r} does not fit backbone {backbone!r}: {len(wrong)} shapes "
-                        f"differ, e.g. {wrong[:3]}")
+        raise DataError(
+            f"weights file {str(path)!r} does not fit backbone {backbone!r}: {len(wrong)} shapes "
+            f"differ, e.g. {wrong[:3]}"
+        )
     dropped = [k for k in state if k not in expected]
     if dropped:
         log(f"dropped {len(dropped)} tensors that are not part of the backbone: {dropped[:6]}")
@@ -230,8 +260,10 @@ def import_checkpoint(backbone: str, source: str | Path, out_path: Path, log=pri
     spec = resolve_backbone(backbone)
     info = {"source_file": str(source), "source_sha256": sha256_of(source), "num_tensors": len(state)}
     log(f"{backbone} from {source}: {info}")
-    _save(out_path, {"state_dict": state, "backbone": backbone, "arch": spec.arch,
-                     "weights": FILE_PREFIX + str(source), **info})
+    _save(
+        out_path,
+        {"state_dict": state, "backbone": backbone, "arch": spec.arch, "weights": FILE_PREFIX + str(source), **info},
+    )
     return info
 
 
@@ -246,8 +278,15 @@ def pretrain_job_config(config: dict, backbone: str, name: str) -> dict:
     from .grid import Cell, cell_config, format_fraction
 
     settings = pretrain_settings(config, name)
-    cell = Cell(settings["dataset"], format_fraction(settings["fraction"]), backbone, SCRATCH, "full", "linear",
-                int(settings["seed"]))
+    cell = Cell(
+        settings["dataset"],
+        format_fraction(settings["fraction"]),
+        backbone,
+        SCRATCH,
+        "full",
+        "linear",
+        int(settings["seed"]),
+    )
     job = cell_config(config, cell)
     if settings["epochs"]:
         job["epochs"] = int(settings["epochs"])
@@ -279,8 +318,9 @@ def select_classes(names: list[str], wanted: list | None, where: str) -> list[in
     return labels
 
 
-def pretrain_backbone(job: dict, cache: Path, split_csv: Path, classes_json: Path, out_path: Path,
-                      threads: int = 1, log=print) -> dict:
+def pretrain_backbone(
+    job: dict, cache: Path, split_csv: Path, classes_json: Path, out_path: Path, threads: int = 1, log=print
+) -> dict:
     """Train ``job['backbone']`` from scratch on the source dataset's train split (class subset if
     given, labels renumbered), choose the epoch on its val split, and save the backbone's state."""
     from .imagecache import load_cache
@@ -300,22 +340,46 @@ def pretrain_backbone(job: dict, cache: Path, split_csv: Path, classes_json: Pat
     split = split[split["label"].isin(keep)]
     train_rows, val_rows = fraction_rows(split, job["fraction"]), split_rows(split, "val")
     if not len(val_rows):
-        raise DataError(f"pretrain {job['pretrain']!r}: dataset {job['dataset']!r} has no validation image "
-                        f"in the chosen classes")
+        raise DataError(
+            f"pretrain {job['pretrain']!r}: dataset {job['dataset']!r} has no validation image in the chosen classes"
+        )
     kept = [names[i] for i in keep]
-    log(f"pretrain {job['pretrain']!r}: {job['backbone']} on {job['dataset']} classes {kept}; device {device}; "
-        f"{len(train_rows)} train / {len(val_rows)} val images")
+    log(
+        f"pretrain {job['pretrain']!r}: {job['backbone']} on {job['dataset']} classes {kept}; device {device}; "
+        f"{len(train_rows)} train / {len(val_rows)} val images"
+    )
 
     model = build_model(job, len(keep), None).to(device)
-    result = fit(model, parse_strategy("full"), make_batches(job, images, labels, train_rows, device, True),
-                 make_batches(job, images, labels, val_rows, device, False), job, log)
+    result = fit(
+        model,
+        parse_strategy("full"),
+        make_batches(job, images, labels, train_rows, device, True),
+        make_batches(job, images, labels, val_rows, device, False),
+        job,
+        log,
+    )
     model.load_state_dict(result.best_state)
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.net.state_dict().items()}
-    info = {"dataset": job["dataset"], "classes": kept, "best_epoch": result.best_epoch,
-            "best_val_acc": result.best_val_acc, "best_val_loss": result.best_val_loss,
-            "epochs_run": len(result.history), "num_train": int(len(train_rows)), "num_val": int(len(val_rows)),
-            "image_size": job["image_size"]}
+    info = {
+        "dataset": job["dataset"],
+        "classes": kept,
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "best_val_loss": result.best_val_loss,
+        "epochs_run": len(result.history),
+        "num_train": len(train_rows),
+        "num_val": len(val_rows),
+        "image_size": job["image_size"],
+    }
     log(f"pretrained: {info}")
-    _save(out_path, {"state_dict": state, "backbone": job["backbone"], "arch": resolve_backbone(job["backbone"]).arch,
-                     "weights": PRETRAIN_PREFIX + job["pretrain"], "pretrain": info})
+    _save(
+        out_path,
+        {
+            "state_dict": state,
+            "backbone": job["backbone"],
+            "arch": resolve_backbone(job["backbone"]).arch,
+            "weights": PRETRAIN_PREFIX + job["pretrain"],
+            "pretrain": info,
+        },
+    )
     return info
