@@ -3,10 +3,15 @@
 import numpy as np
 import torch
 
-from transfergrid.train import TensorBatches
+from transfergrid.backbones import PretrainedCfg
+from transfergrid.batches import TensorBatches
+from transfergrid.settings import CellSettings
+
+TEST_NORMALISATION = PretrainedCfg(32, (0.5,) * 3, (0.25,) * 3)
 
 
-def cell_config(**overrides):
+def cell_config(**overrides) -> CellSettings:
+    """The settings of a tiny CPU cell (resnet18 at 32 px, 2 epochs, batch 8), with overrides."""
     cell = {
         "dataset": "digits",
         "fraction": 1.0,
@@ -23,9 +28,15 @@ def cell_config(**overrides):
         "schedule": {"name": "step", "step_size": 7, "gamma": 0.1, "warmup_epochs": 0},
         "label_smoothing": 0.0,
         "device": "cpu",
+        "train_bn": False,
+        "early_stopping_patience": None,
+        "discriminative_lr": None,
+        "strategy_options": {},
+        "head_options": {},
+        "features": False,
     }
     cell.update(overrides)
-    return cell
+    return CellSettings.from_dict(cell)
 
 
 def random_batches(n=24, size=32, classes=3, seed=0, channels=3, train=True):
@@ -33,7 +44,7 @@ def random_batches(n=24, size=32, classes=3, seed=0, channels=3, train=True):
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
     labels = torch.arange(n) % classes
     return TensorBatches(
-        images, labels, np.arange(n), 8, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3, seed=seed if train else None
+        images, labels, np.arange(n), 8, torch.device("cpu"), TEST_NORMALISATION, seed=seed if train else None
     )
 
 

@@ -8,22 +8,19 @@ import torch
 import torchvision
 from torch import nn
 
-from transfergrid.backbones import (
-    BACKBONES,
-    HUB,
-    PACKAGED,
-    SCRATCH,
+from transfergrid.backbones import BACKBONES, PretrainedCfg, native_preprocessing, resolve_backbone
+from transfergrid.backbones.adapters import (
     FeaturesSequentialAdapter,
     GenericTorchvisionAdapter,
     InceptionAdapter,
-    Preprocessing,
     ResNetAdapter,
     TimmAdapter,
     ViTAdapter,
-    build_backbone,
-    preprocessing,
-    resolve_backbone,
+    adapter_for,
 )
+from transfergrid.backbones.build import build_backbone, library_preprocessing
+from transfergrid.backbones.registry import stage_count
+from transfergrid.naming import HUB, PACKAGED, SCRATCH
 
 # Smallest sizes each net runs at (inception's stem needs 75 px; ViT only runs on its patch grid).
 SIZES = {"inception_v3": 80, "vit_b_16": 224}
@@ -139,7 +136,7 @@ def test_required_backbones_are_registered_with_their_family_adapter():
         "efficientnet_lite1": TimmAdapter,
     }
     for name, adapter in families.items():
-        assert isinstance(BACKBONES[name].adapter, adapter)
+        assert isinstance(adapter_for(BACKBONES[name], None), adapter)
     assert BACKBONES["xception"].arch in timm.list_models("*xception*")
 
 
@@ -155,7 +152,7 @@ def test_unknown_name_raises_key_error():
 def test_inception_aux_branch_runs_in_training_only():
     backbone = build_backbone(resolve_backbone("inception_v3"))
     assert backbone.aux_features == 768
-    assert preprocessing(backbone.spec, HUB).input_size == 299
+    assert native_preprocessing(backbone.spec, HUB).input_size == 299
     before, aux = train_one_step(backbone, 299, aux_weight=0.4)
     assert aux.shape == (2, 768)
     check_gradients(backbone, before)
@@ -196,19 +193,19 @@ def test_vit_pools_the_class_token_and_averages_the_patch_tokens():
 
 def _torchvision_metadata(arch):
     transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    return Preprocessing(tuple(transforms.mean), tuple(transforms.std), transforms.crop_size[0])
+    return PretrainedCfg(transforms.crop_size[0], tuple(transforms.mean), tuple(transforms.std))
 
 
 def _timm_metadata(tag):
     cfg = timm.models.get_pretrained_cfg(tag)
-    return Preprocessing(tuple(cfg.mean), tuple(cfg.std), cfg.input_size[-1])
+    return PretrainedCfg(cfg.input_size[-1], tuple(cfg.mean), tuple(cfg.std))
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_preprocessing_is_the_library_metadata(name):
     spec = BACKBONES[name]
-    prep = preprocessing(spec, HUB)
-    assert preprocessing(spec, SCRATCH) == prep == preprocessing(spec, "file:x.pt")
+    prep = native_preprocessing(spec, HUB)
+    assert native_preprocessing(spec, SCRATCH) == prep == native_preprocessing(spec, "file:x.pt")
     if spec.library == "timm":
         assert prep == _timm_metadata(spec.arch)
     elif spec.options.get("transform_input"):
@@ -216,7 +213,17 @@ def test_preprocessing_is_the_library_metadata(name):
     else:
         assert prep == _torchvision_metadata(spec.arch)
     if spec.packaged_weights:
-        assert preprocessing(spec, PACKAGED) == _timm_metadata(spec.packaged_cfg)
+        assert native_preprocessing(spec, PACKAGED) == _timm_metadata(spec.packaged_cfg)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_registry_data_matches_the_libraries_and_the_built_network(name):
+    """The registry holds pretrained configs and stage counts as data (so parsing needs no torch);
+    they must equal what the libraries say and what the built network has."""
+    spec = BACKBONES[name]
+    for weights in (HUB, PACKAGED) if spec.packaged_weights else (HUB,):
+        assert native_preprocessing(spec, weights) == library_preprocessing(spec, weights)
+    assert stage_count(spec) == build_backbone(spec).num_stages
 
 
 @pytest.mark.parametrize(
@@ -225,7 +232,7 @@ def test_preprocessing_is_the_library_metadata(name):
 def test_transform_input_is_folded_into_the_normalisation(name, model_class):
     """Built with transform_input=False, our normalisation equals torchvision's metadata
     normalisation followed by the model's transform_input step."""
-    meta, prep = _torchvision_metadata(name), preprocessing(BACKBONES[name], HUB)
+    meta, prep = _torchvision_metadata(name), native_preprocessing(BACKBONES[name], HUB)
     pixels = torch.rand(2, 3, 8, 8)
 
     def normalise(p):

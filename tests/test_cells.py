@@ -7,10 +7,11 @@ import pytest
 import torch
 from helpers import cell_config
 
+from transfergrid.cell import CellInputs, train_cell
 from transfergrid.evaluate import load_trained_model
-from transfergrid.features import build_feature_cache
+from transfergrid.features import FeatureSource, build_feature_cache
+from transfergrid.model import build_model
 from transfergrid.split import make_split
-from transfergrid.train import CellInputs, build_model, train_cell
 
 
 def test_random_base_is_a_pure_function_of_the_cell_seed():
@@ -46,9 +47,8 @@ def tiny_dataset(tmp_path):
 
 def features_for_seed(root, seed):
     out = root / f"features-seed{seed}.pt"
-    build_feature_cache(
-        "resnet18", "none", None, root / "cache.pt", out, batch_size=8, device="cpu", log=lambda m: None, init_seed=seed
-    )
+    source = FeatureSource("resnet18", "none", None, init_seed=seed)
+    build_feature_cache(source, root / "cache.pt", out, batch_size=8, device="cpu", log=lambda m: None)
     return out
 
 

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from helpers import cell_config, changed_keys, snapshot
+from helpers import TEST_NORMALISATION, cell_config, changed_keys, snapshot
 
+from transfergrid.batches import TensorBatches
+from transfergrid.loop import fit
+from transfergrid.model import build_model
+from transfergrid.runtime import resolve_device
 from transfergrid.strategies import parse_strategy
-from transfergrid.train import TensorBatches, build_model, fit, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -20,8 +23,7 @@ def cuda_batches(train: bool):
         np.arange(48),
         16,
         torch.device("cuda"),
-        (0.5,) * 3,
-        (0.25,) * 3,
+        TEST_NORMALISATION,
         augment="standard",
         seed=0 if train else None,
     )
@@ -53,4 +55,4 @@ def test_strategies_train_on_the_gpu(strategy):
     }[strategy]
     assert not any(k.startswith(frozen_prefixes) for k in changed) if frozen_prefixes else changed
     assert "head.weight" in changed
-    assert len(result.history) == cell["epochs"]
+    assert len(result.history) == cell.epochs

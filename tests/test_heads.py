@@ -11,14 +11,14 @@ from transfergrid.heads import (
     HEADS,
     POOLED,
     SPATIAL,
-    BatchNorm1d,
     build_head,
     check_head_options,
     check_head_strategy,
-    fit_logreg,
     head_input_size,
     make_loss,
 )
+from transfergrid.layers import BatchNorm1d
+from transfergrid.logreg import fit_logreg
 
 
 def separable(n=96, features=16, classes=3, seed=0):

@@ -6,10 +6,12 @@ import torch
 from helpers import cell_config, snapshot
 from torch import nn
 
+from transfergrid.backbones import PretrainedCfg
+from transfergrid.batches import TensorBatches
 from transfergrid.grid import image_size
-from transfergrid.model import AUX_LOSS_WEIGHT
+from transfergrid.loop import train_one_epoch
+from transfergrid.model import AUX_LOSS_WEIGHT, build_model
 from transfergrid.strategies import parse_strategy
-from transfergrid.train import TensorBatches, build_model, train_one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,13 @@ def inception():
 def batches_299():
     images = torch.randint(0, 256, (4, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     return TensorBatches(
-        images, torch.tensor([0, 1, 2, 0]), np.arange(4), 4, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, seed=0
+        images,
+        torch.tensor([0, 1, 2, 0]),
+        np.arange(4),
+        4,
+        torch.device("cpu"),
+        PretrainedCfg(299, (0.5,) * 3, (0.5,) * 3),
+        seed=0,
     )
 
 
@@ -43,7 +51,7 @@ def test_training_loss_adds_the_auxiliary_logits_with_weight_0_4(inception):
     expected = loss_fn(logits, labels) + AUX_LOSS_WEIGHT * loss_fn(aux_logits, labels)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the loss, change nothing
     torch.manual_seed(3)
-    measured, _ = train_one_epoch(model, batches_299(), optimizer, loss_fn)
+    measured, _, _ = train_one_epoch(model, batches_299(), optimizer, loss_fn)
     assert measured == pytest.approx(expected.item(), rel=1e-4)
     assert aux_logits.shape == (4, 3)
 

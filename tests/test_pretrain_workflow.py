@@ -10,8 +10,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from test_workflow import grid_config, planned_jobs, snakemake, write_config
 
-from transfergrid.grid import Cell
 from transfergrid.io import read_json
+from transfergrid.naming import Cell
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from helpers import cell_config, changed_keys, random_batches, snapshot
 
+from transfergrid.loop import fit
+from transfergrid.model import build_model
 from transfergrid.strategies import parse_strategy
-from transfergrid.train import build_model, fit
 
 BACKBONES = ["resnet18", "efficientnet_lite0"]
 
@@ -15,7 +16,7 @@ def train_briefly(backbone, strategy, **cell_overrides):
     torch.manual_seed(0)
     model = build_model(cell, num_classes=3, weights_file=None)
     before = snapshot(model)
-    strategy_object = parse_strategy(strategy, cell.get("strategy_options"))
+    strategy_object = parse_strategy(strategy, cell.strategy_options)
     result = fit(model, strategy_object, random_batches(), random_batches(train=False), cell, log=lambda m: None)
     return model, before, snapshot(model), result
 
@@ -130,7 +131,8 @@ def test_gradual_unfreezes_one_stage_from_the_top_every_m_epochs():
 
 
 def test_discriminative_learning_rates_decrease_towards_the_input():
-    from transfergrid.train import build_model, build_optimizer, set_learning_rate
+    from transfergrid.model import build_model
+    from transfergrid.optim import build_optimizer, set_learning_rate
 
     cell = cell_config(discriminative_lr=0.5)
     model = build_model(cell, 3, None)

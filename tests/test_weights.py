@@ -12,22 +12,27 @@ import torchvision
 from helpers import cell_config
 from sklearn.datasets import load_digits
 
-from transfergrid.backbones import build_backbone, resolve_backbone
+from transfergrid.backbones import resolve_backbone
+from transfergrid.backbones.build import build_backbone
 from transfergrid.config import validate_config
 from transfergrid.errors import ConfigError, DataError
+from transfergrid.grid import pretrain_job
+from transfergrid.model import build_model
+from transfergrid.naming import file_source, weights_from_slug, weights_slug
+from transfergrid.pretrain import pretrain_backbone, select_classes
 from transfergrid.split import make_split
-from transfergrid.train import build_model
-from transfergrid.weights import (
-    PRETRAIN_DEFAULTS,
-    check_weight_sources,
-    file_source,
-    import_checkpoint,
-    pretrain_backbone,
-    pretrain_job_config,
-    select_classes,
-    weights_from_slug,
-    weights_slug,
-)
+from transfergrid.weights import import_checkpoint
+
+# The schema's defaults of a `pretrain.<name>` entry.
+PRETRAIN_DEFAULTS = {
+    "dataset": None,
+    "classes": None,
+    "fraction": 1.0,
+    "epochs": None,
+    "lr": None,
+    "image_size": None,
+    "seed": 0,
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -92,7 +97,7 @@ def _cell_checkpoint(state):
     cell = cell_config(weights="none")
     model = build_model(cell, 3, None)
     model.backbone.net.load_state_dict({k: state[k] for k in backbone_keys()})
-    return {"state_dict": model.state_dict(), "cell": cell, "classes": ["a", "b", "c"]}
+    return {"state_dict": model.state_dict(), "cell": cell.to_dict(), "classes": ["a", "b", "c"]}
 
 
 LAYOUTS = {
@@ -183,8 +188,8 @@ def small_config(weights, pretrain=None, datasets=("digits",)):
 def test_pretrain_entries_get_the_schema_defaults():
     config = small_config(["pretrain:digits04"], {"digits04": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]}})
     assert config["pretrain"]["digits04"] == {**PRETRAIN_DEFAULTS, "dataset": "digits", "classes": [0, 1, 2, 3, 4]}
-    check_weight_sources(config)
-    check_weight_sources(small_config(["pretrain:digits"]))  # a bare dataset name: all classes
+    bare = small_config(["pretrain:digits"])  # a bare dataset name: all classes, the defaults
+    assert bare["pretrain"]["digits"] == {**PRETRAIN_DEFAULTS, "dataset": "digits"}
 
 
 @pytest.mark.parametrize(
@@ -206,7 +211,7 @@ def test_pretrain_entries_get_the_schema_defaults():
 )
 def test_bad_weight_sources_fail_before_anything_runs(weights, pretrain, expected):
     with pytest.raises(ConfigError) as error:
-        check_weight_sources(small_config(weights, pretrain))
+        small_config(weights, pretrain)
     assert str(error.value).startswith(expected)
 
 
@@ -242,8 +247,9 @@ def write_digits_dataset(root: Path, size: int = 32, per_class: int = 20) -> dic
 
 def test_pretraining_makes_a_backbone_that_starts_a_target_with_its_own_head(tmp_path):
     config = small_config(["pretrain:digits04"], {"digits04": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]}})
-    job = pretrain_job_config(config, "resnet18", "digits04")
-    assert (job["strategy"], job["head"], job["weights"], job["image_size"], job["epochs"]) == (
+    job = pretrain_job(config, "resnet18", "digits04")
+    settings = job.settings
+    assert (settings.strategy, settings.head, settings.weights, settings.image_size, settings.epochs) == (
         "full",
         "linear",
         "none",

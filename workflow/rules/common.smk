@@ -1,4 +1,5 @@
-# Config validation and the helpers that turn grid coordinates into file names.
+# Config validation and the helpers that turn grid coordinates into file names. Everything imported
+# here is torch-free, so parsing the workflow stays fast (a test checks it).
 import functools
 import sys
 from pathlib import Path
@@ -6,11 +7,11 @@ from pathlib import Path
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or without an install
 
-from transfergrid.backbones import weights_need_file
-from transfergrid.jobs import export_package_path
-from transfergrid.weights import weights_from_slug, weights_slug
+from transfergrid import naming
 from transfergrid.config import validate_config
-from transfergrid.grid import CELL_PATTERN, Cell, cell_config, expand_cells, image_size
+from transfergrid.grid import cell_settings, expand_cells, image_size, pretrain_job
+from transfergrid.jobs import export_package_path
+from transfergrid.naming import CELL_PATTERN, Cell
 
 # Local files named in the config (`file:` weights) are checked where the workflow starts, not on
 # cluster nodes that re-read it to run one job.
@@ -20,10 +21,18 @@ export_package_path(WORKFLOW_DIR)
 CELLS = expand_cells(config)
 LOGS = "results/logs"
 WEIGHTS_DIR = config["weights_dir"]
+# Scheduler resources of every compute job (training, features, evaluation, pretraining): one GPU
+# each when the device is CUDA, so `--resources gpu=N` bounds concurrent GPU jobs.
+COMPUTE_RESOURCES = {
+    "mem_mb": config["resources"]["train_mem_mb"],
+    "runtime": config["resources"]["train_runtime"],
+    "gpu": 1 if config["train"]["device"] == "cuda" else 0,
+}
+COMPUTE_THREADS = config["resources"]["train_threads"]
 
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.-]+",
+    dataset=r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
     fraction=r"[0-9.]+",
     backbone=r"[A-Za-z0-9_.-]+",
     weights=r"[A-Za-z0-9_.-]+",
@@ -46,7 +55,7 @@ def downloaded_archive(wildcards):
 
 def weight_source(wildcards):
     """The raw weight source (`pretrain:x`, `file:/a/b.pt`) behind the slug in a path."""
-    return weights_from_slug(config, wildcards.backbone, wildcards.weights)
+    return naming.weights_from_slug(config, wildcards.backbone, wildcards.weights)
 
 
 def cell_from(wildcards):
@@ -62,47 +71,40 @@ def cell_from(wildcards):
 
 
 @functools.cache
-def cell_settings(cell):
+def settings_of(cell):
     """A cell's resolved settings; several input functions and params of a job ask for them."""
-    return cell_config(config, cell)
+    return cell_settings(config, cell)
 
 
 def cell_params(wildcards):
-    return cell_settings(cell_from(wildcards))
+    return settings_of(cell_from(wildcards)).to_dict()
 
 
 def weights_file(wildcards):
     """The cell's starting-weights file, named by the weights slug; none for random init."""
-    slug = weights_slug(wildcards.weights)
-    if weights_need_file(slug):
-        return f"{WEIGHTS_DIR}/{wildcards.backbone}/{slug}.pt"
+    if naming.weights_need_file(wildcards.weights):
+        return naming.weights_path(WEIGHTS_DIR, wildcards.backbone, wildcards.weights)
     return []
 
 
 def image_cache_path(wildcards):
     size = image_size(config, wildcards.backbone, weight_source(wildcards))
-    return f"results/cache/{wildcards.dataset}/{size}px.pt"
+    return naming.image_cache_path(wildcards.dataset, size)
 
 
 def feature_cache_path(wildcards):
-    """Pretrained bases are shared by every seed; a random base is drawn from the cell's seed."""
     weights = weight_source(wildcards)
     size = image_size(config, wildcards.backbone, weights)
-    init = "pretrained" if weights_need_file(weights) else f"seed{wildcards.seed}"
-    return f"results/features/{wildcards.dataset}/{size}px/{wildcards.backbone}/{wildcards.weights}/{init}.pt"
+    return naming.feature_cache_path(wildcards.dataset, size, wildcards.backbone, weights, int(wildcards.seed))
 
 
 def cell_features(wildcards):
-    return feature_cache_path(wildcards) if cell_params(wildcards)["features"] else []
+    return feature_cache_path(wildcards) if settings_of(cell_from(wildcards)).features else []
 
 
 def cell_files(name):
     """One file of every cell of the grid."""
     return [f"{cell.path}/{name}" for cell in CELLS]
-
-
-def gpus_per_job():
-    return 1 if config["train"]["device"] == "cuda" else 0
 
 
 def package_source(module):
@@ -113,24 +115,19 @@ def package_source(module):
 
 def imported_checkpoint(wildcards):
     """The local checkpoint behind a `file-<key>` weights file."""
-    from transfergrid.weights import file_source
-
-    return file_source(config, f"file-{wildcards.key}")
+    return naming.file_source(config, f"file-{wildcards.key}")
 
 
-def pretrain_job(wildcards):
+def pretrain_params(wildcards):
     """The resolved settings of a `pretrain:<name>` source for one backbone (a rule parameter)."""
-    from transfergrid.weights import pretrain_job_config
-
-    return pretrain_job_config(config, wildcards.backbone, wildcards.name)
+    return pretrain_job(config, wildcards.backbone, wildcards.name).to_dict()
 
 
 def pretrain_inputs(wildcards):
     """Image cache, split and class list of the pretraining source dataset."""
-    job = pretrain_job(wildcards)
-    dataset = job["dataset"]
+    settings = pretrain_job(config, wildcards.backbone, wildcards.name).settings
     return {
-        "cache": f"results/cache/{dataset}/{job['image_size']}px.pt",
-        "split": f"results/datasets/{dataset}/split.csv",
-        "classes": f"results/datasets/{dataset}/classes.json",
+        "cache": naming.image_cache_path(settings.dataset, settings.image_size),
+        "split": f"results/datasets/{settings.dataset}/split.csv",
+        "classes": f"results/datasets/{settings.dataset}/classes.json",
     }

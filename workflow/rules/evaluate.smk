@@ -14,9 +14,8 @@ rule evaluate_cell:
         f"{LOGS}/evaluate_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: config["resources"]["train_threads"]
+    threads: COMPUTE_THREADS
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        gpu=gpus_per_job(),
+        **COMPUTE_RESOURCES,
     script:
         "../scripts/evaluate_cell.py"

@@ -14,11 +14,9 @@ rule extract_features:
         init=r"pretrained|seed\d+",
     conda:
         "../../envs/torch.yaml"
-    threads: config["resources"]["train_threads"]
+    threads: COMPUTE_THREADS
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=config["resources"]["train_runtime"],
-        gpu=gpus_per_job(),
+        **COMPUTE_RESOURCES,
     params:
         weights=weight_source,
         init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,

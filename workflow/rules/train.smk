@@ -17,11 +17,9 @@ rule train_cell:
         f"{LOGS}/train_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: config["resources"]["train_threads"]
+    threads: COMPUTE_THREADS
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=config["resources"]["train_runtime"],
-        gpu=gpus_per_job(),
+        **COMPUTE_RESOURCES,
     params:
         cell=cell_params,
     script:

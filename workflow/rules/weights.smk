@@ -2,7 +2,7 @@
 # hub and packaged weights and converted local checkpoints on the head node, pretraining on a
 # source dataset as a compute job. Three distinct output patterns, so no rule is ambiguous.
 
-from transfergrid.weights import FETCHED
+from transfergrid.naming import FETCHED
 
 
 localrules:
@@ -51,12 +51,10 @@ rule pretrain_backbone:
         name=r"[A-Za-z0-9_.-]+",
     conda:
         "../../envs/torch.yaml"
-    threads: config["resources"]["train_threads"]
+    threads: COMPUTE_THREADS
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=config["resources"]["train_runtime"],
-        gpu=gpus_per_job(),
+        **COMPUTE_RESOURCES,
     params:
-        job=pretrain_job,
+        job=pretrain_params,
     script:
         "../scripts/pretrain_backbone.py"

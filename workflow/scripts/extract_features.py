@@ -1,21 +1,20 @@
 from pathlib import Path
 
-from transfergrid.features import build_feature_cache
+from transfergrid.features import FeatureSource, build_feature_cache
 from transfergrid.jobs import run_job
 
 
 def main(smk, log):
+    weights_file = Path(smk.input.weights) if smk.input.weights else None
+    source = FeatureSource(smk.wildcards.backbone, smk.params.weights, weights_file, smk.params.init_seed)
     build_feature_cache(
-        smk.wildcards.backbone,
-        smk.params.weights,
-        Path(smk.input.weights) if smk.input.weights else None,
+        source,
         Path(smk.input.cache),
         Path(smk.output.features),
-        smk.params.batch_size,
-        smk.threads,
-        smk.params.device,
-        log,
-        smk.params.init_seed,
+        batch_size=smk.params.batch_size,
+        device=smk.params.device,
+        threads=smk.threads,
+        log=log,
     )
 
 

@@ -1,12 +1,13 @@
 from pathlib import Path
 
 from transfergrid.jobs import run_job
-from transfergrid.weights import pretrain_backbone
+from transfergrid.pretrain import pretrain_backbone
+from transfergrid.settings import PretrainJob
 
 
 def main(smk, log):
     pretrain_backbone(
-        dict(smk.params.job),
+        PretrainJob.from_dict(smk.params.job),
         Path(smk.input.cache),
         Path(smk.input.split),
         Path(smk.input.classes),

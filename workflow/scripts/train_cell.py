@@ -1,7 +1,8 @@
 from pathlib import Path
 
+from transfergrid.cell import CellInputs, train_cell
 from transfergrid.jobs import run_job
-from transfergrid.train import CellInputs, train_cell
+from transfergrid.settings import CellSettings
 
 
 def optional_path(files):
@@ -16,7 +17,7 @@ def main(smk, log):
         weights=optional_path(smk.input.weights),
         features=optional_path(smk.input.features),
     )
-    train_cell(dict(smk.params.cell), inputs, Path(smk.output.model).parent, smk.threads, log)
+    train_cell(CellSettings.from_dict(smk.params.cell), inputs, Path(smk.output.model).parent, smk.threads, log)
 
 
 run_job(snakemake, main)

@@ -1,7 +1,7 @@
 """Config validation: the JSON schema fills defaults and checks types; the registries check names.
 
 Every failure is a ConfigError with one line that names the key and the allowed values, raised
-while Snakemake parses the workflow, so nothing runs on a bad config.
+while Snakemake parses the workflow, so nothing runs on a bad config. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .backbones.registry import check_weight_source, registered_names, resolve_backbone, stage_count
 from .errors import ConfigError
+from .heads import HEADS
+from .naming import FILE_PREFIX, PRETRAIN_PREFIX, is_safe_name
+from .strategies import FreezeFirst, parse_strategy, strategy_names
+
+SAFE_NAME_RULE = "letters, digits, '_', '.' and '-', not starting with '.' or '-'"
 
 
 def _with_defaults(validator_class):
@@ -56,12 +62,29 @@ def load_schema(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+def _coerce_integers(instance: Any, schema: dict) -> Any:
+    """JSON Schema counts 2.0 as an integer; make it the int 2 so no job meets a float where it
+    counts epochs or seeds."""
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "integer" in kinds and isinstance(instance, float) and instance.is_integer():
+        return int(instance)
+    if isinstance(instance, dict):
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else {})
+            instance[key] = _coerce_integers(value, sub)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        instance[:] = [_coerce_integers(item, schema["items"]) for item in instance]
+    return instance
+
+
 def apply_schema(config: dict, schema: dict) -> dict:
     """Fill defaults into ``config`` in place and raise ConfigError on the first violation."""
     errors = sorted(_DefaultingValidator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(_describe(errors[0]))
-    return config
+    return _coerce_integers(config, schema)
 
 
 def _check_names(where: str, names: Iterable[str], valid: Iterable[str]) -> None:
@@ -72,17 +95,15 @@ def _check_names(where: str, names: Iterable[str], valid: Iterable[str]) -> None
 
 
 def check_grid_names(config: dict) -> None:
-    """Names in the grid must exist in the dataset table and in the package registries."""
-    from .backbones import BACKBONES, check_weight_source, resolve_backbone
-    from .heads import HEADS
-    from .strategies import parse_strategy, strategy_names
-
+    """Names in the grid must exist in the dataset table and in the package registries; a freeze
+    depth must fit every backbone of the grid."""
     grid = config["grid"]
     _check_names("grid.datasets", grid["datasets"], config["datasets"])
     _check_names("grid.heads", grid["heads"], HEADS)
+    strategies = {}
     for index, name in enumerate(grid["strategies"]):
         try:
-            parse_strategy(name)
+            strategies[name] = parse_strategy(name)
         except ValueError as exc:
             raise ConfigError(
                 f"config key 'grid.strategies[{index}]': {exc}; valid names: {strategy_names()}"
@@ -93,31 +114,77 @@ def check_grid_names(config: dict) -> None:
             spec = resolve_backbone(entry["name"])
         except KeyError:
             raise ConfigError(
-                f"config key '{where}.name': unknown backbone {entry['name']!r}; registry names: {sorted(BACKBONES)} "
-                "(or any torchvision/timm classification model name)"
+                f"config key '{where}.name': unknown backbone {entry['name']!r}; registry names: "
+                f"{registered_names()} (or any torchvision/timm classification model name)"
             ) from None
         for w_index, weights in enumerate(entry["weights"]):
             try:
                 check_weight_source(spec, weights)
             except ValueError as exc:
                 raise ConfigError(f"config key '{where}.weights[{w_index}]': {exc}") from None
+        deepest = [(i, s) for i, s in enumerate(grid["strategies"]) if isinstance(strategies[s], FreezeFirst)]
+        if deepest:
+            stages = stage_count(spec)
+            for s_index, name in deepest:
+                if strategies[name].k > stages:
+                    raise ConfigError(
+                        f"config key 'grid.strategies[{s_index}]': {name!r} freezes {strategies[name].k} stages, "
+                        f"backbone {entry['name']!r} has {stages} (freeze:0 .. freeze:{stages})"
+                    )
 
 
 def check_dataset_entries(config: dict) -> None:
-    """Each source kind needs its own keys; say which one is missing."""
+    """Dataset names are path segments; each source kind needs its own keys."""
     required = {"builtin": ["name"], "folder": ["path"], "url": ["url", "sha256"], "torchvision": ["name"]}
     for name, spec in config["datasets"].items():
+        if not is_safe_name(name):
+            raise ConfigError(f"config key 'datasets.{name}': dataset names may hold only {SAFE_NAME_RULE}")
         for key in required[spec["source"]]:
             if not spec.get(key):
                 raise ConfigError(f"config key 'datasets.{name}.{key}' is required for source '{spec['source']}'")
 
 
+def check_weight_sources(config: dict, schema: dict, check_files: bool = True) -> None:
+    """`pretrain:<name>` must name a `pretrain` entry or a dataset, `file:<path>` an existing file
+    (unless ``check_files`` is off: a cluster node re-reading the workflow needs no such file, the
+    head node converted it). Each `pretrain:<dataset>` without an entry gets one, with the schema's
+    defaults, so that every pretrain source is described in one place.
+    """
+    datasets = sorted(config["datasets"])
+    pretrain = config["pretrain"]
+    for index, entry in enumerate(config["grid"]["backbones"]):
+        for w_index, weights in enumerate(entry["weights"]):
+            where = f"config key 'grid.backbones[{index}].weights[{w_index}]'"
+            if weights.startswith(PRETRAIN_PREFIX):
+                name = weights[len(PRETRAIN_PREFIX) :]
+                if not is_safe_name(name):
+                    raise ConfigError(f"{where}: {weights!r}: pretrain names may hold only {SAFE_NAME_RULE}")
+                if name not in pretrain and name not in config["datasets"]:
+                    valid = [PRETRAIN_PREFIX + n for n in sorted(set(pretrain) | set(datasets))]
+                    raise ConfigError(
+                        f"{where}: unknown pretrain source {name!r} (not in `pretrain` nor `datasets`); valid: {valid}"
+                    )
+                if name not in pretrain:
+                    pretrain[name] = apply_schema({}, schema["properties"]["pretrain"]["additionalProperties"])
+            elif weights.startswith(FILE_PREFIX) and check_files:
+                path = Path(weights[len(FILE_PREFIX) :])
+                if not path.is_file():
+                    raise ConfigError(f"{where}: weights file {str(path)!r} does not exist")
+    for name, entry in pretrain.items():
+        if not is_safe_name(name):
+            raise ConfigError(f"config key 'pretrain.{name}': pretrain names may hold only {SAFE_NAME_RULE}")
+        entry["dataset"] = entry["dataset"] or name
+        if entry["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"config key 'pretrain.{name}.dataset': unknown dataset {entry['dataset']!r}; valid names: {datasets}"
+            )
+
+
 def validate_config(config: dict, schema_path: str | Path, check_files: bool = True) -> dict:
     """Validate and complete a Snakemake config in place; returns it for convenience."""
-    from .weights import check_weight_sources
-
-    apply_schema(config, load_schema(schema_path))
+    schema = load_schema(schema_path)
+    apply_schema(config, schema)
     check_dataset_entries(config)
     check_grid_names(config)
-    check_weight_sources(config, check_files=check_files)
+    check_weight_sources(config, schema, check_files=check_files)
     return config

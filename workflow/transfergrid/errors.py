@@ -24,3 +24,15 @@ class ChecksumError(DataError):
 
 class UnsafeArchiveError(DataError):
     """An archive member would land outside the extraction directory."""
+
+
+class DivergedError(TransferGridError):
+    """Training diverged: its loss is not finite, or far above the loss of uniform predictions."""
+
+    def __init__(self, epoch: int, loss: float, reference: float):
+        self.epoch, self.loss, self.reference = epoch, loss, reference
+        what = "non-finite" if loss != loss or loss in (float("inf"), float("-inf")) else "diverging"
+        super().__init__(
+            f"{what} training loss at epoch {epoch}: {loss:.4g} (uniform predictions score {reference:.4g}); "
+            "lower train.optimizer.lr"
+        )

@@ -9,19 +9,23 @@ import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
+from .batches import make_batches
 from .imagecache import load_cache
 from .io import write_csv, write_json
+from .loop import predict
+from .model import build_model
+from .runtime import resolve_device
+from .settings import CellSettings
 from .split import read_split, split_rows
-from .train import build_model, make_batches, predict, resolve_device
 
 
 def load_trained_model(model_file: Path):
     """The cell's best model on the cell's device, with the cell config and class names."""
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
-    cell, classes = checkpoint["cell"], checkpoint["classes"]
-    model = build_model(cell, len(classes), weights_file=None)
+    settings, classes = CellSettings.from_dict(checkpoint["cell"]), checkpoint["classes"]
+    model = build_model(settings, len(classes), weights_file=None)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(resolve_device(cell["device"])), cell, classes
+    return model.to(resolve_device(settings.device)), settings, classes
 
 
 def test_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict:
@@ -38,11 +42,11 @@ def evaluate_cell(model_file: Path, cache: Path, split_csv: Path, out_dir: Path,
     """Write test.json, predictions.csv and confusion.csv next to the model."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    model, cell, classes = load_trained_model(model_file)
+    model, settings, classes = load_trained_model(model_file)
     device = next(model.parameters()).device
     images, labels = load_cache(cache)
     rows = split_rows(read_split(split_csv), "test")
-    logits, targets = predict(model, make_batches(cell, images, labels, rows, device, train=False))
+    logits, targets = predict(model, make_batches(settings, images, labels, rows, device, train=False))
     probs = logits.softmax(1).numpy()
     preds, targets = probs.argmax(1), targets.numpy()
     metrics = test_metrics(targets, preds, classes)

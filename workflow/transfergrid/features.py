@@ -3,9 +3,9 @@
 A frozen backbone in eval mode is a fixed function of the image, so for ``frozen`` cells without
 augmentation (and without ``train_bn``) the features of every manifest row are computed once, by
 their own rule, and shared by every head, seed and fraction of that backbone x weights x dataset.
-Those cells then train their head on the cached features (``FeatureBatches`` + ``HeadOnlyModel``),
-which is the same experiment as training through the frozen network: same batches in the same
-order, same head, same loss; only the backbone's forward pass is not repeated every epoch.
+Those cells then train their head on the cached features (``batches.FeatureBatches`` +
+``HeadOnlyModel``), which is the same experiment as training through the frozen network: same
+batches in the same order, same head, same loss; only the backbone's forward pass is not repeated.
 
 File format (``torch.save``, loadable with ``weights_only=True``)::
 
@@ -20,35 +20,45 @@ Rows are manifest rows (all splits), so the split table's ``row`` indices select
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import train as training  # module import: train may import this module too
-from .backbones import preprocessing, resolve_backbone
-from .heads import HEADS, fit_logreg, logreg_c_grid
+from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
+from .batches import TensorBatches
 from .imagecache import load_cache
 from .io import atomic_path
+from .model import build_base
+from .runtime import prepare_job
 
 
-def uses_feature_cache(cell: dict) -> bool:
-    """Whether a cell can train on cached features: frozen base, no augmentation, BN statistics fixed."""
-    return cell["strategy"] == "frozen" and cell.get("augment", "none") == "none" and not cell.get("train_bn", False)
+@dataclass(frozen=True)
+class FeatureSource:
+    """The frozen network a feature cache comes from: backbone, weights and, for a random base,
+    the seed of the cells that use it."""
 
+    backbone: str
+    weights: str
+    weights_file: Path | None = None
+    init_seed: int = 0
 
-# ----------------------------------------------------------------------------------------------
-# Extraction
+    def build(self) -> nn.Module:
+        """The cell's backbone, built and loaded exactly as ``model.build_model`` does."""
+        return build_base(self.backbone, self.weights_file, self.init_seed)
+
+    @property
+    def normalisation(self) -> PretrainedCfg:
+        return native_preprocessing(resolve_backbone(self.backbone), self.weights)
 
 
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
     images: torch.Tensor,
-    mean: tuple,
-    std: tuple,
+    normalisation: PretrainedCfg,
     batch_size: int,
     device: torch.device,
     rows: np.ndarray | None = None,
@@ -56,7 +66,7 @@ def extract_features(
 ) -> dict[str, torch.Tensor]:
     """``{"pooled": [N, num_features], "spatial": [N, feature_channels]}`` float32 on the CPU.
 
-    Images go through ``train.TensorBatches`` in row order (same conversion, grayscale expansion and
+    Images go through ``TensorBatches`` in row order (same conversion, grayscale expansion and
     normalisation as training); one backbone pass per batch yields both outputs. ``rows`` defaults
     to every row; they are processed in chunks so that a GPU never holds more than ``chunk_rows``
     images at once. The backbone is put in eval mode (and on ``device``) and restored to its mode.
@@ -69,8 +79,7 @@ def extract_features(
     try:
         for start in range(0, len(rows), max(chunk_rows, batch_size)):
             chunk = rows[start : start + max(chunk_rows, batch_size)]
-            batches = training.TensorBatches(images, dummy_labels, chunk, batch_size, device, mean, std, seed=None)
-            for batch, _ in batches:
+            for batch, _ in TensorBatches(images, dummy_labels, chunk, batch_size, device, normalisation):
                 fmap = backbone.forward_features(batch)
                 pooled.append(backbone.pool(fmap).float().cpu())
                 spatial.append(backbone.global_average(fmap).float().cpu())
@@ -79,34 +88,23 @@ def extract_features(
     return {"pooled": torch.cat(pooled), "spatial": torch.cat(spatial)}
 
 
-def load_backbone(backbone: str, weights: str, weights_file: Path | None, init_seed: int = 0) -> nn.Module:
-    """The cell's backbone, built and loaded exactly as ``train.build_model`` does; a random base
-    (weights none) is a function of ``init_seed``, the seed of the cells that use it."""
-    cell = {"backbone": backbone, "weights": weights, "head": "linear", "seed": init_seed}
-    return training.build_model(cell, num_classes=1, weights_file=weights_file).backbone
-
-
 def build_feature_cache(
-    backbone: str,
-    weights: str,
-    weights_file: Path | None,
-    cache_path: Path,
+    source: FeatureSource,
+    image_cache: Path,
     out_path: Path,
     batch_size: int = 256,
-    threads: int = 1,
     device: str = "auto",
+    threads: int = 1,
     log=print,
-    init_seed: int = 0,
 ) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
-    torch_device = training.prepare_job(threads, device)
-    net = load_backbone(backbone, weights, Path(weights_file) if weights_file else None, init_seed)
-    prep = preprocessing(resolve_backbone(backbone), weights)
-    images, labels = load_cache(cache_path)
+    torch_device = prepare_job(threads, device)
+    net = source.build()
+    images, labels = load_cache(image_cache)
     started = time.perf_counter()
-    features = extract_features(net, images, prep.mean, prep.std, batch_size, torch_device)
+    features = extract_features(net, images, source.normalisation, batch_size, torch_device)
     seconds = time.perf_counter() - started
-    payload = {**features, "labels": labels.clone(), "backbone": backbone, "weights": weights}
+    payload = {**features, "labels": labels.clone(), "backbone": source.backbone, "weights": source.weights}
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
     summary = {
@@ -116,63 +114,12 @@ def build_feature_cache(
         "seconds": seconds,
         "device": str(torch_device),
     }
-    log(f"features {backbone}/{weights}: {summary}")
+    log(f"features {source.backbone}/{source.weights}: {summary}")
     return summary
 
 
 def load_features(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training a head on cached features
-
-
-class FeatureBatches:
-    """Mini-batches of cached feature rows, with ``train.TensorBatches``' order semantics.
-
-    With a seed, every epoch draws ``torch.randperm(len(rows), generator)`` from a generator seeded
-    once, exactly as TensorBatches does (without augmentation), so a head sees the same batches as it
-    would through the frozen network; without a seed, rows come in the given order.
-    """
-
-    def __init__(
-        self,
-        features: torch.Tensor,
-        labels: torch.Tensor,
-        rows: np.ndarray,
-        batch_size: int,
-        device: torch.device,
-        seed: int | None = None,
-    ):
-        rows_tensor = torch.as_tensor(np.asarray(rows), dtype=torch.long)
-        self.features = features[rows_tensor].float().to(device)
-        self.labels = labels[rows_tensor].to(device)
-        self.batch_size, self.device = batch_size, device
-        self.shuffle = seed is not None
-        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            positions = order[start : start + self.batch_size].to(self.device)
-            yield self.features[positions], self.labels[positions]
-
-
-def feature_batches(cell: dict, payload: dict, rows: np.ndarray, device: torch.device, train: bool) -> FeatureBatches:
-    """The FeatureBatches a cell's head consumes (its spec's ``input``), as ``train.make_batches``."""
-    return FeatureBatches(
-        payload[HEADS[cell["head"]].input],
-        payload["labels"],
-        rows,
-        cell["batch_size"],
-        device,
-        seed=cell["seed"] if train else None,
-    )
 
 
 class HeadOnlyModel(nn.Module):
@@ -222,26 +169,3 @@ def head_state_into_model(model: nn.Module, head_state: dict) -> nn.Module:
         head_state = {key[len("head.") :]: value for key, value in head_state.items()}
     model.head.load_state_dict(head_state, strict=True)
     return model
-
-
-def fit_logreg_on_features(
-    payload: dict,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray,
-    num_classes: int,
-    options: dict | None = None,
-    seed: int = 0,
-) -> tuple[nn.Linear, float, dict]:
-    """``heads.fit_logreg`` on a feature cache's rows (the logreg head's input) for one cell."""
-    features, labels = payload[HEADS["logreg"].input], payload["labels"]
-    train_rows, val_rows = (torch.as_tensor(np.asarray(r), dtype=torch.long) for r in (train_rows, val_rows))
-    return fit_logreg(
-        features[train_rows],
-        labels[train_rows],
-        features[val_rows],
-        labels[val_rows],
-        logreg_c_grid(options),
-        seed=seed,
-        num_classes=num_classes,
-        max_iter=int((options or {}).get("max_iter", 2000)),
-    )

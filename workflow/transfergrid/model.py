@@ -1,11 +1,17 @@
-"""The trainable network of a cell: a backbone, a head, and the freezing rules of a strategy."""
+"""The trainable network of a cell: a backbone, a head, and the freezing rules of a strategy; and
+``build_model``, which makes it from a cell's settings."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from .backbones import resolve_backbone
+from .backbones.build import Backbone, build_backbone
+from .heads import HEADS, build_head, head_input_size
+from .settings import CellSettings
 from .strategies import Phase
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -106,3 +112,32 @@ class TransferModel(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
         return {"trainable_params": trainable, "frozen_params": total - trainable, "total_params": total}
+
+
+def load_weights_file(weights_file: Path | None) -> dict | None:
+    """The library state dict of a starting-weights file (``weights`` rules), or None."""
+    if weights_file is None:
+        return None
+    return torch.load(weights_file, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def build_base(backbone: str, weights_file: Path | None, init_seed: int) -> Backbone:
+    """The cell's backbone: loaded from the weights file, or random.
+
+    A random base must be a pure function of the cell seed, whatever ran before: the feature cache
+    and the cell build it separately and must get the very same network.
+    """
+    state = load_weights_file(weights_file)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return build_backbone(resolve_backbone(backbone), state)
+
+
+def build_model(settings: CellSettings, num_classes: int, weights_file: Path | None) -> TransferModel:
+    """Backbone (random or from the weights file) plus a freshly initialised head."""
+    backbone = build_base(settings.backbone, weights_file, settings.seed)
+    head_spec = HEADS[settings.head]
+    head = build_head(settings.head, head_input_size(head_spec, backbone), num_classes, settings.head_options)
+    return TransferModel(
+        backbone, head, num_classes, spatial_head=head_spec.input == "spatial", train_bn=settings.train_bn
+    )

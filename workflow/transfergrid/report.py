@@ -25,8 +25,8 @@ import seaborn as sns
 
 from .aggregate import COORDINATES, RECIPE, SUMMARY_COLUMNS
 from .errors import TransferGridError
-from .grid import format_fraction
 from .io import atomic_path
+from .naming import format_fraction
 
 DEFAULT_FACETS = ("dataset", "fraction", "head")
 RANK_WITHIN = ("dataset", "fraction")  # not choices a user makes, so recipes are ranked within them

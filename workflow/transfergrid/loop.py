@@ -1,0 +1,148 @@
+"""The training loop, readable top to bottom: epochs of train + validate, the best epoch kept.
+
+The test split never reaches this module: model selection (best epoch) uses validation only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import DivergedError
+from .heads import make_loss
+from .model import AUX_LOSS_WEIGHT
+from .optim import build_optimizer, lr_factor, set_learning_rate
+from .settings import CellSettings
+from .strategies import Phase, Strategy
+
+Log = Callable[[str], None]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# Training has diverged when its epoch loss is not finite, or is this many times the loss of
+# uniform predictions (all-zero scores: ln C for cross-entropy, (C-1)/C for the squared hinge).
+# A model that learns nothing stays near 1x; the diverging runs measured here reached 1e8x.
+DIVERGENCE_LOSS_RATIO = 100.0
+
+
+def train_one_epoch(
+    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+) -> tuple[float, float, int]:
+    """(mean training loss, training accuracy, number of class scores) of one epoch."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        outputs = model(images)
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        loss = loss_fn(logits, labels)
+        if isinstance(outputs, tuple):  # auxiliary logits count in the training loss only
+            loss = loss + AUX_LOSS_WEIGHT * loss_fn(outputs[1], labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return total_loss / seen, correct / seen, logits.shape[1]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every row, in row order."""
+    model.eval()
+    outputs = [(model(images), labels) for images, labels in batches]
+    return torch.cat([o[0] for o in outputs]).float().cpu(), torch.cat([o[1] for o in outputs]).cpu()
+
+
+def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module) -> tuple[float, float]:
+    logits, labels = predict(model, batches)
+    return loss_fn(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def uniform_loss(loss_fn: nn.Module, num_classes: int) -> float:
+    """The loss of all-zero scores (uniform predictions): the scale divergence is measured against."""
+    return float(loss_fn(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.long)))
+
+
+def check_divergence(epoch: int, train_loss: float, reference: float) -> None:
+    """Raise DivergedError (one line: epoch, loss, what to do) when training has diverged."""
+    if not math.isfinite(train_loss) or train_loss > DIVERGENCE_LOSS_RATIO * reference:
+        raise DivergedError(epoch, train_loss, reference)
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_state: dict
+    best_epoch: int
+    best_val_acc: float
+    best_val_loss: float
+    parameter_counts: dict
+
+
+def _is_better(val_acc: float, val_loss: float, best_acc: float, best_loss: float) -> bool:
+    """Higher validation accuracy wins; a tie goes to the lower validation loss."""
+    return val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
+
+
+def fit(
+    model: nn.Module,
+    strategy: Strategy,
+    train_batches: Batches,
+    val_batches: Batches,
+    settings: CellSettings,
+    log: Log = print,
+) -> FitResult:
+    """Train for the configured epochs; keep the weights of the best validation epoch.
+
+    ``model`` is a TransferModel or anything with ``apply_phase`` and ``parameter_counts`` (a head
+    on cached features); the batches are any iterables of (inputs, labels). Raises DivergedError
+    as soon as an epoch's training loss diverges.
+    """
+    loss_fn = make_loss(settings.head, settings.label_smoothing)
+    num_stages = getattr(model, "num_stages", 0)
+    base_lr, patience = settings.optimizer.lr, settings.early_stopping_patience
+    phase: Phase | None = None
+    history, best = [], None
+    best_acc, best_loss = -1.0, math.inf
+    for epoch in range(settings.epochs):
+        next_phase = strategy.phase(epoch, num_stages)
+        if next_phase != phase:  # a new phase changes what trains, so the optimizer starts afresh
+            phase = next_phase
+            model.apply_phase(phase)
+            optimizer = build_optimizer(model, settings, base_lr)
+            log(f"epoch {epoch + 1}: phase {phase.name!r}, {model.parameter_counts()}")
+        lr = (phase.lr or base_lr) * lr_factor(settings.schedule, epoch, settings.epochs)
+        set_learning_rate(optimizer, lr)
+        started = time.perf_counter()
+        train_loss, train_acc, num_classes = train_one_epoch(model, train_batches, optimizer, loss_fn)
+        check_divergence(epoch + 1, train_loss, uniform_loss(loss_fn, num_classes))
+        val_loss, val_acc = evaluate(model, val_batches, loss_fn)
+        row = {
+            "epoch": epoch + 1,
+            "phase": phase.name,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "trainable_params": model.parameter_counts()["trainable_params"],
+            "optimizer_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+        }
+        history.append(row)
+        log(
+            "epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
+            "acc {val_acc:.4f} | lr {lr:.2g} | {seconds:.1f}s".format(**row)
+        )
+        if _is_better(val_acc, val_loss, best_acc, best_loss):
+            best_acc, best_loss = val_acc, val_loss
+            best = (epoch + 1, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+        elif patience and epoch + 1 - best[0] >= patience:
+            log(f"early stop: no better validation accuracy for {patience} epochs")
+            break
+    return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts())
