@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..imagecache import as_8bit, scale_to_uint8
 from ..io import atomic_path
 from .common import GRAYSCALE_MODES, Collected, ImageRecord, Options, limit_per_class
 
@@ -21,7 +22,7 @@ class InMemorySplit:
 
     split: str  # "train"/"val"/"test", or "" when not pre-split
     labels: Sequence[int]  # the source's label of each image
-    image_at: Callable[[int], Any]  # index -> PIL image or uint8 array
+    image_at: Callable[[int], Any]  # index -> PIL image or array
 
 
 @dataclass
@@ -35,9 +36,11 @@ class InMemorySource:
 
 
 def as_uint8_image(image: Any) -> Image.Image:
-    """PIL image in mode L (grayscale stays grayscale) or RGB."""
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image))
+    """PIL image in mode L (grayscale stays grayscale) or RGB.
+
+    16-bit, 32-bit and float pixels are scaled to 8 bits, never clipped: see imagecache.scale_to_uint8.
+    """
+    image = as_8bit(image) if isinstance(image, Image.Image) else Image.fromarray(scale_to_uint8(np.asarray(image)))
     if image.mode in ("L", "RGB"):
         return image
     return image.convert("L" if image.mode in GRAYSCALE_MODES else "RGB")
