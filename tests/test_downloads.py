@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from transfergrid.downloads import download, safe_extract, sha256_of
+from transfergrid.archives import safe_extract
+from transfergrid.downloads import download, sha256_of
 from transfergrid.errors import ChecksumError, DataError, UnsafeArchiveError
 
 PAYLOAD = b"transfergrid test payload\n" * 1000

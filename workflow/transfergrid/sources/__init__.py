@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
-from .archive import collect_url
+from .archive import collect_url, extraction_limits
 from .builtin import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_DIR, collect_builtin, read_idx
 from .checks import finalise
 from .common import GRAYSCALE_MODES, IMAGE_EXTENSIONS, SOURCE_KINDS, SPLITS, Collected, ImageRecord, parse_options
@@ -43,6 +43,7 @@ __all__ = [
     "InMemorySplit",
     "as_uint8_image",
     "build_dataset",
+    "extraction_limits",
     "read_idx",
 ]
 
