@@ -51,7 +51,7 @@ def collect_url(name: str, spec: dict, out_dir: Path, archive: Path | None, opti
     if archive is None:
         # Normally the Snakemake rule downloads beforehand; this keeps build_dataset usable alone.
         filename = Path(url.split("?", 1)[0].rstrip("/")).name or "archive"
-        archive = download(url, spec.get("sha256"), out_dir / "download" / filename)
+        archive = download(url, spec.get("sha256"), out_dir / "download" / filename, log=log)
     extracted = safe_extract(archive, out_dir / "images", limits)
     log(f"{name}: extracted {archive} into {extracted}")
     return subsample_files(collect_folder_tree(_archive_root(name, extracted, spec.get("subdir"))), options)
