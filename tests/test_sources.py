@@ -78,7 +78,7 @@ def test_fashion_mnist_debian_reads_idx_gz(tmp_path, monkeypatch):
     fake = tmp_path / "fashion-mnist"
     _idx_dataset(fake, "train", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], ".gz")
     _idx_dataset(fake, "t10k", [9, 8, 0], ".gz")
-    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", fake)
+    monkeypatch.setattr(sources.builtin, "FASHION_MNIST_DEBIAN_DIR", fake)
     info = build_dataset("fm", {"source": "builtin", "name": "fashion_mnist_debian"}, tmp_path / "out")
     manifest, _ = _outputs(tmp_path / "out")
     assert info["presplit"] and info["num_images"] == 15 and info["channels"] == 1
@@ -89,7 +89,7 @@ def test_fashion_mnist_debian_reads_idx_gz(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_debian_missing_names_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources.builtin, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         build_dataset("fm", {"source": "builtin", "name": "fashion_mnist_debian"}, tmp_path / "out")
 

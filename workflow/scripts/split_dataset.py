@@ -5,7 +5,10 @@ from transfergrid.split import make_split
 
 def main(smk, log):
     manifest = read_manifest(smk.input.manifest)
-    table = make_split(manifest, smk.params.split["val"], smk.params.split["test"], smk.params.split["seed"])
+    split = smk.params.split
+    # The grid's training fractions, so that a class too small for one is refused here, before training.
+    fractions = getattr(smk.params, "fractions", None)
+    table = make_split(manifest, split["val"], split["test"], split["seed"], fractions, smk.wildcards.dataset)
     write_csv(table, smk.output.split)
     log(f"split sizes: {table.split.value_counts().to_dict()}")
 

@@ -1,30 +1,26 @@
-"""Checksummed downloads and archive extraction that cannot write outside its target.
+"""Checksummed downloads that resume where an interrupted attempt stopped.
 
-Both functions write through ``io.atomic_path``: a failed download or a rejected archive
-leaves nothing at the destination, so Snakemake never mistakes a partial file for output.
+The bytes arrive in ``.<name>.part`` next to the destination, which the next attempt resumes with
+an HTTP Range request; the destination itself appears only once the whole file matches its
+sha256 (through ``io.atomic_path``), so Snakemake never mistakes a partial file for output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import posixpath
+import os
 import re
-import stat
-import tarfile
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
-from .errors import ChecksumError, DataError, UnsafeArchiveError, one_line
+from .errors import ChecksumError, DataError, one_line
 from .io import atomic_path
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
 _SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 _USER_AGENT = "transfergrid (urllib)"
-# PEP 706 extraction filters (Python >= 3.10.12); an empty tuple matches no exception.
-_TAR_FILTER_ERROR = getattr(tarfile, "FilterError", ())
 
 
 def sha256_of(path: str | Path) -> str:
@@ -53,26 +49,73 @@ def _network_reason(error: BaseException) -> str:
     return one_line(error) or type(error).__name__
 
 
-def _stream_to(url: str, file_path: Path, timeout: float) -> str:
-    """Copy ``url`` into ``file_path``; return the sha256 of the bytes written."""
-    digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+def partial_path(dest: Path) -> Path:
+    """Where an unfinished download of ``dest`` keeps its bytes for the next attempt: ``.<name>.part``."""
+    return dest.with_name(f".{dest.name}.part")
+
+
+def _range_start(response) -> int | None:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _open_from(url: str, offset: int, timeout: float):
+    """Open ``url`` asking for its bytes from ``offset`` on; return (response, offset its body starts at)."""
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(file_path, "wb") as out:
-            while chunk := response.read(CHUNK_SIZE):
-                digest.update(chunk)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if offset and error.code == 416:  # the kept bytes are no prefix of the file (it shrank): start over
+            error.close()
+            return _open_from(url, 0, timeout)
+        raise
+    if offset and not (response.status == 206 and _range_start(response) == offset):
+        if response.status == 206:  # some other range: useless here
+            response.close()
+            return _open_from(url, 0, timeout)
+        return response, 0  # 200 (or a file:// URL): the server ignored Range and sends everything
+    return response, offset
+
+
+def _failure(url: str, partial: Path, reason: str) -> DataError:
+    size = partial.stat().st_size if partial.is_file() else 0
+    kept = f" ({size} bytes kept in {partial} for the next attempt)" if size else ""
+    return DataError(f"download of {url} failed: {reason}{kept}")
+
+
+def _fetch(url: str, partial: Path, timeout: float, log) -> None:
+    """Complete ``partial`` from ``url``, resuming with an HTTP Range request where it holds bytes.
+
+    On a network error the bytes received so far stay in ``partial`` for the next attempt.
+    """
+    kept = partial.stat().st_size if partial.is_file() else 0
+    received = 0
+    try:
+        response, offset = _open_from(url, kept, timeout)
+        if kept:
+            log(f"{url}: {f'resumed after {kept} bytes' if offset else f'cannot resume, {kept} bytes dropped'}")
+        with response, open(partial, "ab" if offset else "wb") as out:
+            # read1 hands over what has arrived, so an interrupted download keeps what it received.
+            while chunk := response.read1(CHUNK_SIZE):
                 out.write(chunk)
+                received += len(chunk)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         # ValueError: urlopen's answer to a malformed or unsupported URL.
-        raise DataError(f"download of {url} failed: {_network_reason(error)}") from error
-    return digest.hexdigest()
+        raise _failure(url, partial, _network_reason(error)) from error
+    announced = response.headers.get("Content-Length", "")
+    if announced.isdigit() and received < int(announced):  # read1 meets a dropped connection as EOF
+        raise _failure(url, partial, f"the connection closed after {received} of {announced} bytes")
 
 
-def download(url: str, sha256: str, dest: str | Path, timeout: float = 60) -> Path:
+def download(url: str, sha256: str, dest: str | Path, timeout: float = 60, log=lambda message: None) -> Path:
     """Download ``url`` (http, https or file://) to ``dest`` and verify its sha256.
 
-    An existing ``dest`` with the right checksum is kept as is (no network access).
-    On any failure nothing is left at ``dest``.
+    An existing ``dest`` with the right checksum is kept as is (no network access). The bytes
+    arrive in ``.<name>.part`` next to ``dest`` (see partial_path); an interrupted download leaves
+    them there and the next call resumes with a Range request where the server supports it. The
+    sha256 is checked over the whole file; on a mismatch neither ``dest`` nor the partial file is left.
     """
     expected = _normalised_sha256(url, sha256)
     dest = Path(dest)
@@ -81,151 +124,12 @@ def download(url: str, sha256: str, dest: str | Path, timeout: float = 60) -> Pa
     # A stale file at dest must not survive a failed attempt and pass for the real one.
     if dest.exists() or dest.is_symlink():
         dest.unlink()
-    with atomic_path(dest) as tmp:
-        actual = _stream_to(url, tmp, timeout)
+    partial = partial_path(dest)
+    with atomic_path(dest) as tmp:  # also clears the temporaries of killed attempts
+        _fetch(url, partial, timeout, log)
+        actual = sha256_of(partial)
         if actual != expected:
+            partial.unlink()
             raise ChecksumError(f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}")
+        os.replace(partial, tmp)
     return dest
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def _escapes(relative_posix_path: str) -> bool:
-    """True when a relative path, resolved lexically inside the target, lands outside it."""
-    normal = posixpath.normpath(relative_posix_path)
-    return normal == ".." or normal.startswith("../")
-
-
-def _is_absolute(name: str) -> bool:
-    # Windows-style names ("C:\\x", "\\x") are treated as absolute too: some zip tools write them.
-    return name.startswith(("/", "\\")) or bool(re.match(r"[A-Za-z]:", name))
-
-
-def _member_path_problem(name: str) -> str | None:
-    if _is_absolute(name):
-        return "absolute path"
-    if _escapes(name.replace("\\", "/")):
-        return "path escapes the target directory"
-    return None
-
-
-def _passes_through(path: str, symlink_names: set[str]) -> bool:
-    """True when resolving ``path`` would step through a symlink member (e.g. ``link/..``, ``link/x``).
-
-    Lexical resolution is only sound when no step crosses a symlink, so such paths are refused.
-    """
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-    stack: list[str] = []
-    for index, part in enumerate(parts):
-        if part == "..":
-            if stack:
-                stack.pop()
-            continue
-        stack.append(part)
-        if index < len(parts) - 1 and "/".join(stack) in symlink_names:
-            return True
-    return False
-
-
-def _tar_member_problem(member: tarfile.TarInfo, symlink_names: set[str]) -> str | None:
-    problem = _member_path_problem(member.name)
-    if problem:
-        return problem
-    if _passes_through(member.name, symlink_names):
-        return "path goes through a symlink member"
-    if member.issym() or member.islnk():
-        link = member.linkname
-        if _is_absolute(link):
-            return f"link to absolute path {link!r}"
-        # A symlink target is relative to the link's own directory, a hard link's to the archive root.
-        base = posixpath.dirname(member.name) if member.issym() else ""
-        resolved = posixpath.join(base, link)
-        if _escapes(resolved):
-            return f"link target {link!r} escapes the target directory"
-        if _passes_through(resolved, symlink_names):
-            return f"link target {link!r} goes through a symlink member"
-        return None
-    if member.isdev():
-        return "device or fifo member"
-    if not (member.isreg() or member.isdir()):
-        return "unsupported member type"
-    return None
-
-
-def _check_tar(archive: Path, tar: tarfile.TarFile) -> None:
-    members = tar.getmembers()
-    symlink_names = {posixpath.normpath(m.name) for m in members if m.issym()}
-    for member in members:
-        problem = _tar_member_problem(member, symlink_names)
-        if problem:
-            raise UnsafeArchiveError(f"unsafe archive {archive}: member {member.name!r}: {problem}")
-
-
-def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
-    problem = _member_path_problem(info.filename)
-    if problem:
-        return problem
-    file_type = stat.S_IFMT(info.external_attr >> 16)  # unix file type; 0 when the zip did not record one
-    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
-        # zipfile would write a symlink/device as a plain file holding its target; refuse instead.
-        return "symlink, device or other special member"
-    return None
-
-
-def _check_zip(archive: Path, zf: zipfile.ZipFile) -> None:
-    for info in zf.infolist():
-        problem = _zip_member_problem(info)
-        if problem:
-            raise UnsafeArchiveError(f"unsafe archive {archive}: member {info.filename!r}: {problem}")
-
-
-def _extract_tar(archive: Path, into: Path) -> None:
-    with tarfile.open(archive, mode="r:*") as tar:
-        _check_tar(archive, tar)
-        into.mkdir(parents=True)
-        if hasattr(tarfile, "data_filter"):
-            # Defence in depth: the stdlib filter re-checks every member against the real filesystem.
-            tar.extractall(into, filter="data")
-        else:  # pragma: no cover - Python without PEP 706 filters
-            tar.extractall(into)
-
-
-def _extract_zip(archive: Path, into: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        _check_zip(archive, zf)
-        into.mkdir(parents=True)
-        zf.extractall(into)
-
-
-def _archive_extractor(archive: Path):
-    # tar first: a zip never passes tar's header checksum, but a tar that ends with a zip member
-    # can carry a zip end-of-directory record near its end and fool is_zipfile.
-    if tarfile.is_tarfile(archive):
-        return _extract_tar
-    if zipfile.is_zipfile(archive):
-        return _extract_zip
-    return None
-
-
-def safe_extract(archive: str | Path, target: str | Path) -> Path:
-    """Extract a zip or tar (any compression) into ``target`` after checking every member.
-
-    Absolute paths, ``..`` escapes, links leaving the target and device/fifo members raise
-    UnsafeArchiveError before anything is written; ``target`` appears only on success.
-    """
-    archive, target = Path(archive), Path(target)
-    if not archive.is_file():
-        raise DataError(f"archive {archive} does not exist")
-    extractor = _archive_extractor(archive)
-    if extractor is None:
-        raise DataError(f"archive {archive} is neither a zip nor a tar file (checked by content)")
-    try:
-        with atomic_path(target) as tmp:
-            extractor(archive, tmp)
-    except _TAR_FILTER_ERROR as error:  # the stdlib filter caught what our checks did not
-        member = getattr(error.tarinfo, "name", "?")
-        raise UnsafeArchiveError(f"unsafe archive {archive}: member {member!r}: {one_line(error)}") from error
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise DataError(f"cannot extract archive {archive}: {one_line(error)}") from error
-    return target

@@ -16,7 +16,31 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # it exists, it is just another user's
+    return True
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Remove the temporaries of ``final`` that earlier attempts left: ``.{name}.tmp-<pid>`` whose
+    process is gone (killed by SIGKILL, the OOM killer, a cluster's wall-time limit) or is this one.
+
+    Only this host's processes can be asked, so on a shared filesystem a temporary whose pid runs
+    here is kept until a later attempt; Snakemake never runs two jobs for one output at a time.
+    """
+    prefix = f".{final.name}.tmp-"
+    for sibling in final.parent.iterdir():
+        pid = sibling.name[len(prefix) :]
+        if sibling.name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not _is_running(int(pid))):
+            _remove(sibling)
 
 
 @contextmanager
@@ -24,11 +48,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed.
 
     Works for files and directories alike (the caller decides what to create at the yielded path).
+    Temporaries that killed attempts left next to ``path`` are removed first.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():

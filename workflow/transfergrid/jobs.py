@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from .errors import TransferGridError
@@ -14,7 +15,8 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
     """Run ``main(snakemake, log)`` with stdout/stderr going to the rule's log file.
 
     A TransferGridError (bad user input) becomes one line in the log and on stderr, without a
-    traceback; any other exception keeps its traceback in the log, because it is a bug.
+    traceback, and the job exits with status 1. Any other exception is a bug: its whole traceback
+    goes to the log, where Snakemake sends the user, and it is re-raised so the job fails.
     """
     console = sys.stderr
     with open(smk.log[0], "w") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
@@ -28,6 +30,9 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
             log(f"error: {error}")
             print(f"transfergrid error in rule {smk.rule}: {error}", file=console)
             raise SystemExit(1) from None
+        except Exception:
+            log(f"unexpected error in rule {smk.rule}:\n{traceback.format_exc()}")
+            raise
 
 
 def export_package_path(workflow_dir) -> None:

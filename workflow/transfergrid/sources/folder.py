@@ -1,0 +1,97 @@
+"""``folder`` sources: an ImageFolder tree, flat ``class/*`` or pre-split ``train|val|test/class/*``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from ..io import atomic_path
+from .common import (
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    Collected,
+    ImageRecord,
+    Options,
+    is_ignored,
+    is_image_file,
+    limit_per_class,
+    required_key,
+    visible_subdirs,
+)
+
+
+def _images_in_class_dir(class_dir: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+        found.extend(Path(dirpath, f) for f in sorted(filenames) if is_image_file(Path(f)))
+    return found
+
+
+def _class_dir_records(class_dir: Path, split: str) -> list[ImageRecord]:
+    images = _images_in_class_dir(class_dir)
+    if not images:
+        raise DataError(
+            f"class directory {class_dir} holds no images (accepted: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return [ImageRecord(path, class_dir.name, split) for path in images]
+
+
+def _is_presplit(root: Path, top_dirs: list[Path]) -> bool:
+    names = {d.name for d in top_dirs}
+    if names <= set(SPLITS) and "train" not in names:
+        raise DataError(f"dataset folder {root} has {'/'.join(sorted(names))} subdirectories but no train/")
+    return names <= set(SPLITS)
+
+
+def _presplit_records(root: Path, split_dirs: list[Path]) -> tuple[list[ImageRecord], list[str]]:
+    class_dirs = {d.name: visible_subdirs(d) for d in split_dirs}
+    for split, dirs in class_dirs.items():
+        if not dirs:
+            raise DataError(f"split directory {root / split} holds no class subdirectories")
+    train_classes = {d.name for d in class_dirs["train"]}
+    for split, dirs in class_dirs.items():
+        unknown = sorted({d.name for d in dirs} - train_classes)
+        if unknown:
+            raise DataError(f"classes {unknown} in {root / split} have no images in {root / 'train'}")
+    records = [
+        record
+        for split in SPLITS
+        for class_dir in class_dirs.get(split, [])
+        for record in _class_dir_records(class_dir, split)
+    ]
+    return records, sorted(train_classes)
+
+
+def collect_folder_tree(root: Path) -> Collected:
+    """ImageFolder layout: ``class/*`` or pre-split ``train|val|test/class/*``."""
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist or is not a directory")
+    top_dirs = visible_subdirs(root)
+    if not top_dirs:
+        raise DataError(f"dataset folder {root} holds no class subdirectories")
+    if _is_presplit(root, top_dirs):
+        records, classes = _presplit_records(root, top_dirs)
+        return Collected(records, classes, presplit=True)
+    records = [record for class_dir in top_dirs for record in _class_dir_records(class_dir, "")]
+    return Collected(records, [d.name for d in top_dirs], presplit=False)
+
+
+def subsample_files(collected: Collected, options: Options) -> Collected:
+    collected.records = limit_per_class(
+        collected.records, lambda r: (r.split, r.class_name), options.max_per_class, options.seed
+    )
+    return collected
+
+
+def _empty_images_dir(out_dir: Path) -> None:
+    with atomic_path(out_dir / "images") as tmp:
+        tmp.mkdir()
+
+
+def collect_folder(name: str, spec: dict, out_dir: Path, archive: Path | None, options: Options, log) -> Collected:
+    root = Path(required_key(name, spec, "path")).expanduser().absolute()
+    collected = collect_folder_tree(root)
+    _empty_images_dir(out_dir)
+    return subsample_files(collected, options)
