@@ -18,7 +18,8 @@ from transfergrid.backbones.adapters import (
     ViTAdapter,
     adapter_for,
 )
-from transfergrid.backbones.build import build_backbone, library_preprocessing
+from transfergrid.backbones.build import build_backbone
+from transfergrid.backbones.metadata import library_preprocessing
 from transfergrid.backbones.registry import stage_count
 from transfergrid.naming import HUB, PACKAGED, SCRATCH
 

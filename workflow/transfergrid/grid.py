@@ -121,3 +121,10 @@ def pretrain_job(config: dict, backbone: str, name: str) -> PretrainJob:
     if entry["image_size"]:
         overrides["image_size"] = int(entry["image_size"])
     return PretrainJob(name, settings.replace(**overrides), entry["classes"])
+
+
+def dataset_fractions(config: dict, dataset: str) -> list[float]:
+    """Every training fraction some job takes of ``dataset``: the grid's, and its pretrain entries'."""
+    fractions = list(config["grid"]["fractions"]) if dataset in config["grid"]["datasets"] else []
+    fractions += [entry["fraction"] for entry in config["pretrain"].values() if entry["dataset"] == dataset]
+    return sorted({float(f) for f in fractions})

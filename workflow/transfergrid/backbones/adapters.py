@@ -7,12 +7,12 @@ registry names them (``ADAPTERS``) and unregistered models get one picked from t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .registry import BackboneSpec, native_preprocessing
+from .metadata import library_preprocessing
+from .spec import BackboneSpec
 from .stages import (
     clean_stages,
     generic_stages,
@@ -21,9 +21,6 @@ from .stages import (
     spatial_mean,
     stages_covering,
 )
-
-if TYPE_CHECKING:
-    from .build import Backbone
 
 
 def _strip_sequential(module: nn.Sequential) -> bool:
@@ -97,7 +94,7 @@ class Adapter:
     def aux_features(self, net: nn.Module) -> int | None:
         return None
 
-    def dims(self, backbone: Backbone, spec: BackboneSpec) -> tuple[int, int]:
+    def dims(self, backbone: nn.Module, spec: BackboneSpec) -> tuple[int, int]:
         """(num_features, feature_channels), measured by one small forward pass."""
         fmap = backbone._probe(self.probe_size)
         return int(self.pool(backbone.net, fmap).shape[1]), int(self.global_average(backbone.net, fmap).shape[1])
@@ -279,7 +276,8 @@ class GenericTorchvisionAdapter(Adapter):
         return spatial_mean(fmap)
 
     def dims(self, backbone, spec):
-        fmap = backbone._probe(native_preprocessing(spec, "none").input_size)
+        size = spec.pretrained_cfg.input_size if spec.pretrained_cfg else library_preprocessing(spec, "none").input_size
+        fmap = backbone._probe(size)
         return int(fmap.shape[1]), int(fmap.shape[1])
 
 

@@ -7,7 +7,8 @@ built network.
 
 from __future__ import annotations
 
-from .registry import BackboneSpec, PretrainedCfg, register
+from .registry import register
+from .spec import BackboneSpec, PretrainedCfg
 
 # torchvision's ImageNet weights (``IMAGENET1K_V1`` transforms) and the 0.5/0.5 normalisation of the
 # Inception family and of Google's TensorFlow ports, as in timm's constants.

