@@ -2,6 +2,9 @@
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +130,19 @@ def test_domain_similarity_of_a_translated_domain():
     moved = domain_similarity(features, labels, features + shift, labels)
     assert moved["emd"] == pytest.approx(5.0)
     assert moved["similarity"] == pytest.approx(math.exp(-0.01 * 5.0))
+
+
+def test_report_modules_do_not_import_torch():
+    # The report job imports these; torch (pulled in by POT's backends) would make it start heavy.
+    code = (
+        "import sys, transfergrid.metrics, transfergrid.similarity, transfergrid.stats; print('torch' in sys.modules)"
+    )
+    workflow = Path(__file__).resolve().parents[1] / "workflow"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(workflow)}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 # ----------------------------------------------------------------------------------------------

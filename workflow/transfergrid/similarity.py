@@ -48,7 +48,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import ot
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
 
@@ -297,6 +296,8 @@ def domain_similarity(
     classes with fewer than 200 images for speed; pass the rows to keep. Returns ``{"emd",
     "similarity", "gamma"}``.
     """
+    import ot  # here, not at the top: POT imports torch when it is installed, and the report job starts lean
+
     source_means, source_weights = class_means(*_as_arrays(source_features, source_labels))
     target_means, target_weights = class_means(*_as_arrays(target_features, target_labels))
     if source_means.shape[1] != target_means.shape[1]:
