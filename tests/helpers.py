@@ -34,6 +34,7 @@ def cell_config(**overrides) -> CellSettings:
         "strategy_options": {},
         "head_options": {},
         "features": False,
+        "lr_multiplier": 1.0,
     }
     cell.update(overrides)
     return CellSettings.from_dict(cell)

@@ -1,17 +1,28 @@
-"""A cell trained on cached features is the same network that evaluation rebuilds."""
+"""Cells end to end in-process: learning-rate candidates, selection on validation, the test split
+touched once, frozen heads on cached features rebuilt as the network that evaluation would run,
+and diverging candidates that never show a number."""
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from helpers import cell_config
 
-from transfergrid.cell import CellInputs, train_cell
-from transfergrid.evaluate import load_trained_model
-from transfergrid.features import FeatureSource, build_feature_cache
+from transfergrid.batches import feature_batches, make_batches
+from transfergrid.cell import CellInputs, train_candidate
+from transfergrid.errors import TransferGridError
+from transfergrid.evaluate import choose_candidate, evaluate_frozen_group, evaluate_network_cell, load_trained_model
+from transfergrid.features import FeatureSource, build_feature_cache, load_features
+from transfergrid.frozen import FrozenCandidate, fit_frozen_group
+from transfergrid.grid import candidate_settings
+from transfergrid.loop import predict
 from transfergrid.model import build_model
-from transfergrid.split import make_split
+from transfergrid.split import make_split, read_split, split_rows
+
+QUIET = lambda message: None  # noqa: E731
 
 
 def test_random_base_is_a_pure_function_of_the_cell_seed():
@@ -48,31 +59,120 @@ def tiny_dataset(tmp_path):
 def features_for_seed(root, seed):
     out = root / f"features-seed{seed}.pt"
     source = FeatureSource("resnet18", "none", None, init_seed=seed)
-    build_feature_cache(source, root / "cache.pt", out, batch_size=8, device="cpu", log=lambda m: None)
+    build_feature_cache(source, root / "cache.pt", out, batch_size=8, device="cpu", log=QUIET)
     return out
 
 
-def inputs(root, features):
-    return CellInputs(
-        split=root / "split.csv", classes=root / "classes.json", cache=root / "cache.pt", features=features
-    )
+def fit_frozen(root, cell, features, multipliers=("1.0",)):
+    candidates = [
+        FrozenCandidate(candidate_settings(cell, m), root / "cell" / f"lr{m}", weights_file=None) for m in multipliers
+    ]
+    return fit_frozen_group(candidates, features, root / "split.csv", root / "classes.json", log=QUIET)
 
 
-def test_frozen_scratch_cell_on_features_saves_the_network_it_validated(tiny_dataset):
-    cell = cell_config(strategy="frozen", seed=2, epochs=2)
-    summary = train_cell(
-        cell, inputs(tiny_dataset, features_for_seed(tiny_dataset, 2)), tiny_dataset / "cell", log=lambda m: None
-    )
-    assert summary["fit"] == "fit_on_features"
-    model, _, _ = load_trained_model(tiny_dataset / "cell" / "model.pt")
+def test_a_frozen_head_on_features_rebuilds_as_the_network_it_validated(tiny_dataset):
+    """The head-only model of a frozen cell, rebuilt with its base, gives the logits the head gave
+    on the cached features: validation, test and predict all measure the same network."""
+    cell = cell_config(strategy="frozen", seed=2, epochs=2, features=True)
+    features = features_for_seed(tiny_dataset, 2)
+    (result,) = fit_frozen(tiny_dataset, cell, features)
+    assert result.summary["status"] == "trained" and result.summary["fit"] == "fit_head_by_sgd"
+    model, settings, _ = load_trained_model(tiny_dataset / "cell" / "lr1.0" / "model.pt")
     reference = build_model(cell, 3, None)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in reference.backbone.state_dict().items())
+    cache = torch.load(tiny_dataset / "cache.pt", weights_only=True)
+    rows = split_rows(read_split(tiny_dataset / "split.csv"), "val")
+    cpu = torch.device("cpu")
+    through_network, _ = predict(model, make_batches(settings, cache["images"], cache["labels"], rows, cpu, False))
+    on_features, _ = predict(model.head, feature_batches(settings, load_features(features), rows, cpu, False))
+    assert torch.allclose(through_network, on_features, atol=1e-4)
 
 
 def test_features_of_another_random_base_are_refused(tiny_dataset):
-    cell = cell_config(strategy="frozen", seed=1, epochs=1)
-    with pytest.raises(RuntimeError, match="do not match the cell's backbone"):
-        train_cell(
-            cell, inputs(tiny_dataset, features_for_seed(tiny_dataset, 0)), tiny_dataset / "cell", log=lambda m: None
-        )
-    assert not (tiny_dataset / "cell" / "model.pt").exists()
+    cell = cell_config(strategy="frozen", seed=1, epochs=1, features=True)
+    with pytest.raises(TransferGridError, match="not from the cell's base"):
+        fit_frozen(tiny_dataset, cell, features_for_seed(tiny_dataset, 0))
+    assert not (tiny_dataset / "cell" / "lr1.0" / "model.pt").exists()
+
+
+def write_candidate(directory, multiplier, status="trained", val_acc=0.5, val_loss=1.0):
+    directory.mkdir(parents=True)
+    settings = candidate_settings(cell_config(), multiplier)
+    (directory / "cell.json").write_text(json.dumps(settings.to_dict()))
+    summary = {"status": status, "best_val_acc": val_acc, "best_val_loss": val_loss, "best_epoch": 1}
+    if status == "diverged":
+        summary = {"status": status, "reason": "non-finite training loss at epoch 1: nan"}
+    (directory / "train.json").write_text(json.dumps(summary))
+    return directory
+
+
+def test_the_chosen_candidate_is_the_validation_best(tmp_path):
+    dirs = [
+        write_candidate(tmp_path / "lr0.3", 0.3, val_acc=0.80, val_loss=0.5),
+        write_candidate(tmp_path / "lr1.0", 1.0, val_acc=0.90, val_loss=0.7),
+        write_candidate(tmp_path / "lr3.0", 3.0, val_acc=0.90, val_loss=0.6),  # tie on accuracy: lower loss wins
+        write_candidate(tmp_path / "lr10.0", 10.0, status="diverged"),
+    ]
+    chosen, selection = choose_candidate(dirs)
+    assert chosen == tmp_path / "lr3.0"
+    assert selection["lr_multiplier"] == 3.0 and not selection["at_edge"]
+    assert [c["status"] for c in selection["candidates"]] == ["trained"] * 3 + ["diverged"]
+    _, edge = choose_candidate(dirs[:3])
+    assert edge["at_edge"]  # the best rate is the largest one tried: the search should widen
+
+
+def test_a_cell_whose_every_candidate_diverged_fails_in_one_line(tmp_path):
+    dirs = [write_candidate(tmp_path / "lr1.0", 1.0, status="diverged")]
+    with pytest.raises(TransferGridError) as error:
+        choose_candidate(dirs)
+    assert "every learning-rate candidate diverged" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_network_candidates_then_one_test_evaluation_of_the_chosen_one(tiny_dataset, monkeypatch):
+    cell = cell_config(strategy="full", seed=0, epochs=1)
+    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.pt")
+    results = [
+        train_candidate(candidate_settings(cell, m), inputs, tiny_dataset / "cell" / f"lr{m}", log=QUIET)
+        for m in ("0.1", "1.0")
+    ]
+    assert [r.summary["status"] for r in results] == ["trained", "trained"]
+    loaded = []
+    import transfergrid.evaluate as evaluate_module
+
+    original = evaluate_module.load_trained_model
+    monkeypatch.setattr(evaluate_module, "load_trained_model", lambda path: loaded.append(path) or original(path))
+    metrics = evaluate_network_cell(
+        [r.out_dir for r in results], tiny_dataset / "cache.pt", tiny_dataset / "split.csv", tiny_dataset / "cell"
+    )
+    best = max(results, key=lambda r: (r.summary["best_val_acc"], -r.summary["best_val_loss"]))
+    assert loaded == [best.out_dir / "model.pt"]  # only the chosen candidate meets the test split
+    assert metrics["selection"]["chosen"] == best.out_dir.name
+    assert metrics["num_test"] == len(split_rows(read_split(tiny_dataset / "split.csv"), "test"))
+    for name in ("test.json", "selection.json", "predictions.csv", "confusion.csv"):
+        assert (tiny_dataset / "cell" / name).is_file()
+
+
+def test_a_diverging_candidate_is_recorded_without_weights(tiny_dataset):
+    cell = cell_config(strategy="full", seed=0, epochs=2)
+    cell = cell.replace(optimizer=replace(cell.optimizer, lr=1e6))
+    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.pt")
+    result = train_candidate(cell, inputs, tiny_dataset / "cell" / "lr1.0", log=QUIET)
+    assert result.summary["status"] == "diverged" and result.summary["diverged_epoch"] == 1
+    assert "lower train.optimizer.lr" in result.summary["reason"]
+    assert torch.load(result.out_dir / "model.pt", weights_only=True)["state_dict"] is None
+    with pytest.raises(TransferGridError, match="holds no trained model"):
+        load_trained_model(result.out_dir / "model.pt")
+
+
+def test_frozen_group_evaluation_equals_the_network_on_test_images(tiny_dataset):
+    cell = cell_config(strategy="frozen", seed=2, epochs=2, features=True)
+    features = features_for_seed(tiny_dataset, 2)
+    fit_frozen(tiny_dataset, cell, features, multipliers=("0.5", "1.0"))
+    candidates = [tiny_dataset / "cell" / "lr0.5", tiny_dataset / "cell" / "lr1.0"]
+    evaluate_frozen_group([(tiny_dataset / "cell", candidates)], features, tiny_dataset / "split.csv")
+    on_features = json.loads((tiny_dataset / "cell" / "test.json").read_text())
+    chosen = tiny_dataset / "cell" / on_features["selection"]["chosen"]
+    evaluate_network_cell([chosen], tiny_dataset / "cache.pt", tiny_dataset / "split.csv", tiny_dataset / "net")
+    through_network = json.loads((tiny_dataset / "net" / "test.json").read_text())
+    assert on_features["top1"] == through_network["top1"]
+    assert np.isclose(on_features["nll"], through_network["nll"], atol=1e-5)

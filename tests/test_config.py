@@ -77,4 +77,4 @@ def test_validation_does_not_touch_a_valid_config_beyond_defaults():
     config = default_config()
     before = copy.deepcopy(config)
     validate_config(config, SCHEMA)
-    assert config["grid"] == {**before["grid"]}
+    assert config["grid"] == {**before["grid"], "lrs": [1.0]}

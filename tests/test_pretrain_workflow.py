@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from test_workflow import grid_config, planned_jobs, snakemake, write_config
 
+from transfergrid.evaluate import load_trained_model
 from transfergrid.io import read_json
 from transfergrid.naming import Cell
 
@@ -56,11 +57,13 @@ def pretrained_run(tmp_path_factory):
 
 def test_one_pretraining_serves_both_target_cells(pretrained_run):
     workdir, _, planned = pretrained_run
-    assert planned["pretrain_backbone"] == 1 and planned["train_cell"] == 2
+    assert (
+        planned["pretrain_backbone"] == 1 and planned["train_candidate"] == 1 and planned["fit_frozen_pretrained"] == 1
+    )
     assert len(list((workdir / "results/logs/pretrain_backbone").glob("*.log"))) == 1
     for strategy in ("full", "frozen"):
-        assert (cell_dir(workdir, strategy) / "train.json").exists()
-        assert read_json(cell_dir(workdir, strategy) / "cell.json")["weights"] == SOURCE
+        assert (cell_dir(workdir, strategy) / "lr1.0" / "train.json").exists()
+        assert read_json(cell_dir(workdir, strategy) / "lr1.0" / "cell.json")["weights"] == SOURCE
     assert planned_jobs(workdir) == {}
 
 
@@ -71,13 +74,16 @@ def test_the_target_starts_from_the_pretrained_backbone_with_its_own_head(pretra
     assert weights["pretrain"]["num_train"] == 5 * 4  # 8 per class, a quarter each to val and test
     assert not any(k.startswith("fc.") for k in weights["state_dict"])
     for strategy in ("full", "frozen"):
-        model = torch.load(cell_dir(workdir, strategy) / "model.pt", weights_only=True)
+        model = torch.load(cell_dir(workdir, strategy) / "lr1.0" / "model.pt", weights_only=True)
         assert model["state_dict"]["head.weight"].shape == (len(TARGET_LABELS), 512)
         assert model["classes"] == [f"digit{label}" for label in TARGET_LABELS]
-    # A frozen base is the pretrained backbone, tensor for tensor (BatchNorm statistics included).
-    frozen = torch.load(cell_dir(workdir, "frozen") / "model.pt", weights_only=True)["state_dict"]
+    # A frozen cell saves its head; rebuilt, its base is the pretrained backbone, tensor for tensor
+    # (BatchNorm statistics included).
+    frozen, _, _ = load_trained_model(
+        cell_dir(workdir, "frozen") / "lr1.0" / "model.pt", workdir / "results/weights/resnet18/pretrain-digits04.pt"
+    )
     for key, value in weights["state_dict"].items():
-        assert torch.equal(frozen[f"backbone.net.{key}"], value), key
+        assert torch.equal(frozen.backbone.net.state_dict()[key], value), key
 
 
 def test_changing_the_pretraining_reruns_it_and_its_targets(pretrained_run):
@@ -89,5 +95,7 @@ def test_changing_the_pretraining_reruns_it_and_its_targets(pretrained_run):
         planned = planned_jobs(workdir)
     finally:
         write_config(workdir, config)
-    assert planned["pretrain_backbone"] == 1 and planned["train_cell"] == 2
+    assert (
+        planned["pretrain_backbone"] == 1 and planned["train_candidate"] == 1 and planned["fit_frozen_pretrained"] == 1
+    )
     assert "obtain_dataset" not in planned and "cache_images" not in planned

@@ -75,6 +75,7 @@ def write_cell(
         "augment": "light",
         "device": "cpu",
         "label_smoothing": 0.0,
+        "lr_multiplier": 1.0,
     }
     epoch = np.arange(1, epochs + 1)
     val_curve = val_acc * np.array([0.6, 0.8, 1.0, 0.97])[:epochs]
@@ -94,6 +95,8 @@ def write_cell(
     total = 1_000_000 if backbone == "resnet18" else 500_000
     trainable = 3 * 64 + 3 if frozen else total
     train = {
+        "status": "trained",
+        "fit": "through_network",
         "best_epoch": 3,
         "best_val_acc": val_acc,
         "best_val_loss": 0.5,
@@ -115,6 +118,16 @@ def write_cell(
         "macro_f1": accuracy - 0.01,
         "num_test": int(matrix.sum()),
         "classes": CLASSES,
+        "nll": 0.5,
+        "ece": 0.05,
+        "top5": None,
+    }
+    selection = {
+        "chosen": "lr1.0",
+        "lr_multiplier": 1.0,
+        "lr": 1e-3,
+        "at_edge": False,
+        "candidates": [{"candidate": "lr1.0", "status": "trained", "val_acc": val_acc}],
     }
     confusion = pd.DataFrame(matrix, columns=CLASSES)
     confusion.insert(0, "true", CLASSES)
@@ -124,10 +137,13 @@ def write_cell(
     for i, name in enumerate(CLASSES):
         predictions[f"p_{name}"] = probs[:, i]
 
-    (cell_dir / "cell.json").write_text(json.dumps(cell))
-    (cell_dir / "train.json").write_text(json.dumps(train))
+    candidate_dir = cell_dir / "lr1.0"
+    candidate_dir.mkdir()
+    (candidate_dir / "cell.json").write_text(json.dumps(cell))
+    (candidate_dir / "train.json").write_text(json.dumps(train))
+    history.to_csv(candidate_dir / "history.csv", index=False)
+    (cell_dir / "selection.json").write_text(json.dumps(selection))
     (cell_dir / "test.json").write_text(json.dumps(test))
-    history.to_csv(cell_dir / "history.csv", index=False)
     confusion.to_csv(cell_dir / "confusion.csv", index=False)
     predictions.to_csv(cell_dir / "predictions.csv", index=False)
     return cell_dir
@@ -232,7 +248,7 @@ def test_aggregate_values_and_pretrained_flag(grid):
     assert row["cell_dir"] == str(cells[TEST_BEST])
 
 
-@pytest.mark.parametrize("name", ["test.json", "train.json", "cell.json"])
+@pytest.mark.parametrize("name", ["test.json", "selection.json", "lr1.0/train.json", "lr1.0/cell.json"])
 def test_aggregate_names_a_missing_file(tmp_path, name):
     cells = write_grid(tmp_path)
     missing = cells[VAL_BEST] / name
@@ -354,7 +370,7 @@ def test_strings_from_data_are_escaped(tmp_path):
 
 def test_report_names_a_missing_history(grid, tmp_path):
     cells, _, summary_csv = grid
-    missing = cells[(*VAL_BEST[:3], 0)] / "history.csv"  # curves are drawn from the lowest seed
+    missing = cells[(*VAL_BEST[:3], 0)] / "lr1.0" / "history.csv"  # curves are drawn from the lowest seed
     missing.unlink()
     with pytest.raises(TransferGridError, match=re.escape(str(missing))):
         render_report(summary_csv, tmp_path / "report.html")

@@ -5,6 +5,7 @@ served from 127.0.0.1); the tests then check its outputs, that a re-run has noth
 adding a seed trains only the new cell, and that editing the report code re-renders only the report.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -58,6 +59,19 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
             f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+@contextlib.contextmanager
+def edited(path: Path, addition: str):
+    """``path`` with a line appended, restored afterwards with its content and its mtime, so the
+    edit leaves no trace for the tests that follow."""
+    original, stat = path.read_text(), path.stat()
+    path.write_text(original + addition)
+    try:
+        yield
+    finally:
+        path.write_text(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
@@ -142,9 +156,10 @@ def test_every_source_kind_runs_to_a_report(finished_run):
         "digit2": IMAGES_PER_CLASS,
     }
     cell = workdir / "results/cells/web/1.0/resnet18/none/frozen/linear/seed0"
-    assert {"model.pt", "history.csv", "train.json", "cell.json", "test.json", "predictions.csv", "confusion.csv"} <= {
+    assert {"lr1.0", "selection.json", "test.json", "predictions.csv", "confusion.csv"} <= {
         p.name for p in cell.iterdir()
     }
+    assert {"model.pt", "history.csv", "train.json", "cell.json"} <= {p.name for p in (cell / "lr1.0").iterdir()}
     html = (workdir / "results/report/index.html").read_text()
     assert "data:image/png;base64," in html and "photos" in html
 
@@ -157,18 +172,28 @@ def test_rerun_has_nothing_to_do(finished_run):
 
 def test_editing_the_report_code_rerenders_only_the_report(finished_run):
     workdir, _ = finished_run
-    report_code = workdir / "workflow" / "transfergrid" / "report.py"
-    original = report_code.read_text()
-    report_code.write_text(original + "\n# an edit to the report code\n")
-    try:
+    with edited(workdir / "workflow" / "transfergrid" / "report.py", "\n# an edit to the report code\n"):
         assert planned_jobs(workdir) == {"all": 1, "report": 1}
-    finally:
-        report_code.write_text(original)
+
+
+def test_editing_the_evaluation_code_reevaluates_without_retraining(finished_run):
+    workdir, _ = finished_run
+    with edited(workdir / "workflow" / "transfergrid" / "metrics.py", "\n# an edit to the evaluation code\n"):
+        planned = planned_jobs(workdir)
+    # Three frozen cells on cached random bases (one per dataset): evaluation jobs only.
+    assert planned == {"all": 1, "evaluate_frozen_random": 3, "aggregate": 1, "report": 1}
+
+
+def test_editing_the_training_code_retrains(finished_run):
+    workdir, _ = finished_run
+    with edited(workdir / "workflow" / "scripts" / "fit_frozen.py", "\n# an edit to the training code\n"):
+        planned = planned_jobs(workdir)
+    assert planned["fit_frozen_random"] == 3 and planned["evaluate_frozen_random"] == 3
 
 
 def test_adding_a_seed_runs_only_the_new_cell(finished_run):
     workdir, config = finished_run
-    old_model = workdir / "results/cells/digits/1.0/resnet18/none/frozen/linear/seed0/model.pt"
+    old_model = workdir / "results/cells/digits/1.0/resnet18/none/frozen/linear/seed0/lr1.0/model.pt"
     old_mtime = old_model.stat().st_mtime_ns
     config = {**config, "grid": {**config["grid"], "datasets": ["digits"], "seeds": [0, 1]}}
     write_config(workdir, config)
@@ -177,8 +202,8 @@ def test_adding_a_seed_runs_only_the_new_cell(finished_run):
     assert planned_jobs(workdir) == {
         "all": 1,
         "extract_features": 1,
-        "train_cell": 1,
-        "evaluate_cell": 1,
+        "fit_frozen_random": 1,
+        "evaluate_frozen_random": 1,
         "aggregate": 1,
         "report": 1,
     }
@@ -212,15 +237,18 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
     config["grid"].update(strategies=["frozen", "full"], heads=["linear", "mlp", "gap", "svm", "logreg"])
     write_config(tmp_path, config)
-    # logreg is fit in closed form on a frozen base only: 5 frozen cells + 4 full cells
+    # logreg is fit in closed form on a frozen base only: 5 frozen cells (one fitting and one
+    # evaluation job for all of them) + 4 full cells (one training and one evaluation job each)
     assert planned_jobs(tmp_path) == {
         "all": 1,
         "obtain_dataset": 1,
         "split_dataset": 1,
         "cache_images": 1,
         "extract_features": 1,
-        "train_cell": 9,
-        "evaluate_cell": 9,
+        "fit_frozen_random": 1,
+        "evaluate_frozen_random": 1,
+        "train_candidate": 4,
+        "evaluate_cell": 4,
         "aggregate": 1,
         "report": 1,
     }
@@ -228,9 +256,25 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     assert len(summary) == 9
     fits = {
-        (row.strategy, row.head): json.loads((tmp_path / row.cell_dir / "train.json").read_text())["fit"]
+        (row.strategy, row.head): json.loads((tmp_path / row.candidate_dir / "train.json").read_text())["fit"]
         for row in summary.itertuples()
     }
-    assert fits[("frozen", "logreg")] == "fit_closed_form"
-    assert {fits[("frozen", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_on_features"}
-    assert {fits[("full", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_through_network"}
+    assert fits[("frozen", "logreg")] == "fit_head_in_closed_form"
+    assert {fits[("frozen", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_head_by_sgd"}
+    assert {fits[("full", h)] for h in ("linear", "mlp", "gap", "svm")} == {"through_network"}
+
+
+def test_adding_a_learning_rate_candidate_trains_only_that_candidate(tmp_path):
+    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
+    config["grid"].update(strategies=["full"])
+    write_config(tmp_path, config)
+    snakemake(tmp_path)
+    config["grid"]["lrs"] = [1.0, 3.0]
+    write_config(tmp_path, config)
+    assert planned_jobs(tmp_path) == {"all": 1, "train_candidate": 1, "evaluate_cell": 1, "aggregate": 1, "report": 1}
+    snakemake(tmp_path)
+    selection = json.loads(
+        (tmp_path / "results/cells/digits/1.0/resnet18/none/full/linear/seed0/selection.json").read_text()
+    )
+    assert [c["candidate"] for c in selection["candidates"]] == ["lr1.0", "lr3.0"]
+    assert selection["chosen"] in ("lr1.0", "lr3.0")

@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        train=cell_files("train.json"),
+        selections=cell_files("selection.json"),
         test=cell_files("test.json"),
         code=package_source("aggregate.py"),
     output:

@@ -9,9 +9,19 @@ sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or witho
 
 from transfergrid import naming
 from transfergrid.config import validate_config
-from transfergrid.grid import cell_settings, expand_cells, image_size, pretrain_job
+from transfergrid.grid import (
+    candidate_settings,
+    cell_settings,
+    expand_cells,
+    feature_heads,
+    frozen_group_cells,
+    frozen_group_files,
+    image_size,
+    lr_candidates,
+    pretrain_job,
+)
 from transfergrid.jobs import export_package_path
-from transfergrid.naming import CELL_PATTERN, Cell
+from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
 
 # Local files named in the config (`file:` weights) are checked where the workflow starts, not on
 # cluster nodes that re-read it to run one job.
@@ -19,6 +29,9 @@ validate_config(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml", check_f
 export_package_path(WORKFLOW_DIR)
 
 CELLS = expand_cells(config)
+FEATURE_HEADS = feature_heads(config)
+CANDIDATE_FILES = ("model.pt", "history.csv", "train.json", "cell.json")
+RESULT_FILES = ("test.json", "selection.json", "predictions.csv", "confusion.csv")
 LOGS = "results/logs"
 WEIGHTS_DIR = config["weights_dir"]
 # Scheduler resources of every compute job (training, features, evaluation, pretraining): one GPU
@@ -33,6 +46,7 @@ COMPUTE_THREADS = config["resources"]["train_threads"]
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
+    lr=r"[0-9.e+-]+",
     fraction=r"[0-9.]+",
     backbone=r"[A-Za-z0-9_.-]+",
     weights=r"[A-Za-z0-9_.-]+",
@@ -76,8 +90,15 @@ def settings_of(cell):
     return cell_settings(config, cell)
 
 
-def cell_params(wildcards):
-    return settings_of(cell_from(wildcards)).to_dict()
+def candidate_params(wildcards):
+    """The settings of one learning-rate candidate (a parameter of its job, so changing them retrains it)."""
+    return candidate_settings(settings_of(cell_from(wildcards)), wildcards.lr).to_dict()
+
+
+def candidate_files(wildcards, name):
+    """One file of every learning-rate candidate of the cell in ``wildcards``."""
+    cell = cell_from(wildcards)
+    return [f"{cell.candidate_path(lr)}/{name}" for lr in lr_candidates(config, cell.head)]
 
 
 def weights_file(wildcards):
@@ -92,14 +113,67 @@ def image_cache_path(wildcards):
     return naming.image_cache_path(wildcards.dataset, size)
 
 
-def feature_cache_path(wildcards):
-    weights = weight_source(wildcards)
-    size = image_size(config, wildcards.backbone, weights)
-    return naming.feature_cache_path(wildcards.dataset, size, wildcards.backbone, weights, int(wildcards.seed))
+def group_cells(wildcards):
+    """The frozen feature cells of the feature cache in ``wildcards`` (see frozen.smk)."""
+    seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
+    weights = wildcards.weights if "weights" in wildcards.keys() else "none"
+    return frozen_group_cells(config, CELLS, wildcards.dataset, wildcards.backbone, weights, seed)
 
 
-def cell_features(wildcards):
-    return feature_cache_path(wildcards) if settings_of(cell_from(wildcards)).features else []
+def group_feature_cache(wildcards):
+    cell = group_cells(wildcards)[0]
+    size = image_size(config, cell.backbone, cell.weights)
+    return naming.feature_cache_path(cell.dataset, size, cell.backbone, cell.weights, cell.seed)
+
+
+def frozen_outputs(random_base, per_candidate):
+    """Every file one frozen-heads job writes: its candidates' files or its cells' results."""
+    names = CANDIDATE_FILES if per_candidate else RESULT_FILES
+    return [path for name in names for path in frozen_group_files(config, name, random_base, per_candidate)]
+
+
+def frozen_inputs(wildcards):
+    return {
+        "features": group_feature_cache(wildcards),
+        "split": f"results/datasets/{wildcards.dataset}/split.csv",
+        "classes": f"results/datasets/{wildcards.dataset}/classes.json",
+    }
+
+
+def frozen_candidates(wildcards):
+    """Settings and directory of every candidate the fitting job writes (a parameter of the job)."""
+    return [
+        {
+            "settings": candidate_settings(settings_of(cell), lr).to_dict(),
+            "out_dir": cell.candidate_path(lr),
+            # Recorded in the head-only model.pt, which rebuilds its frozen base from it.
+            "weights_file": (
+                naming.weights_path(WEIGHTS_DIR, cell.backbone, cell.weights)
+                if naming.weights_need_file(cell.weights)
+                else None
+            ),
+        }
+        for cell in group_cells(wildcards)
+        for lr in lr_candidates(config, cell.head)
+    ]
+
+
+def frozen_cell_candidates(wildcards):
+    return [
+        {"cell_dir": cell.path, "candidates": [cell.candidate_path(lr) for lr in lr_candidates(config, cell.head)]}
+        for cell in group_cells(wildcards)
+    ]
+
+
+def frozen_evaluation_inputs(wildcards):
+    candidates = [entry["out_dir"] for entry in frozen_candidates(wildcards)]
+    return {
+        "features": group_feature_cache(wildcards),
+        "split": f"results/datasets/{wildcards.dataset}/split.csv",
+        "models": [f"{path}/model.pt" for path in candidates],
+        "summaries": [f"{path}/train.json" for path in candidates],
+        "code": [package_source("evaluate.py"), package_source("metrics.py")],
+    }
 
 
 def cell_files(name):
@@ -119,7 +193,7 @@ def imported_checkpoint(wildcards):
 
 
 def pretrain_params(wildcards):
-    """The resolved settings of a `pretrain:<name>` source for one backbone (a rule parameter)."""
+    """The resolved settings of a `pretrain:<name>` source for one backbone (a parameter of the job)."""
     return pretrain_job(config, wildcards.backbone, wildcards.name).to_dict()
 
 

@@ -1,13 +1,17 @@
-# Evaluate a trained cell on the test split, exactly once.
+# Choose a network cell's learning-rate candidate on validation and evaluate it on the test split,
+# exactly once. The evaluation code is an input: editing it re-evaluates, never retrains.
 
 
 rule evaluate_cell:
     input:
-        model=f"{CELL_PATTERN}/model.pt",
+        models=lambda wildcards: candidate_files(wildcards, "model.pt"),
+        summaries=lambda wildcards: candidate_files(wildcards, "train.json"),
         cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",
+        code=[package_source("evaluate.py"), package_source("metrics.py")],
     output:
         metrics=f"{CELL_PATTERN}/test.json",
+        selection=f"{CELL_PATTERN}/selection.json",
         predictions=f"{CELL_PATTERN}/predictions.csv",
         confusion=f"{CELL_PATTERN}/confusion.csv",
     log:

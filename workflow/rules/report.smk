@@ -5,9 +5,8 @@
 rule report:
     input:
         summary="results/summary.csv",
-        histories=cell_files("history.csv"),
         confusions=cell_files("confusion.csv"),
-        code=package_source("report.py"),
+        code=[package_source("report.py"), package_source("plots.py")],
     output:
         html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
     log:

@@ -1,26 +1,27 @@
-# Train one cell of the grid; the best epoch is chosen on the validation split.
+# Train one learning-rate candidate of a cell through the network (fine-tuning, scratch, frozen
+# cells with augmentation); the best epoch is chosen on the validation split. Frozen cells that
+# train on cached features are fitted by frozen.smk instead.
 
 
-rule train_cell:
+rule train_candidate:
     input:
         cache=image_cache_path,
-        features=cell_features,
         split="results/datasets/{dataset}/split.csv",
         classes="results/datasets/{dataset}/classes.json",
         weights=weights_file,
     output:
-        model=f"{CELL_PATTERN}/model.pt",
-        history=f"{CELL_PATTERN}/history.csv",
-        summary=f"{CELL_PATTERN}/train.json",
-        cell=f"{CELL_PATTERN}/cell.json",
+        model=f"{CANDIDATE_PATTERN}/model.pt",
+        history=f"{CANDIDATE_PATTERN}/history.csv",
+        summary=f"{CANDIDATE_PATTERN}/train.json",
+        cell=f"{CANDIDATE_PATTERN}/cell.json",
     log:
-        f"{LOGS}/train_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
+        f"{LOGS}/train_candidate/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}/lr{{lr}}.log",
     conda:
         "../../envs/torch.yaml"
     threads: COMPUTE_THREADS
     resources:
         **COMPUTE_RESOURCES,
     params:
-        cell=cell_params,
+        cell=candidate_params,
     script:
-        "../scripts/train_cell.py"
+        "../scripts/train_candidate.py"

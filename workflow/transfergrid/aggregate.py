@@ -27,9 +27,18 @@ SUMMARY_COLUMNS = (
     "epochs_run",
     "best_epoch",
     "val_acc",
+    "val_loss",
     "test_top1",
     "test_balanced_accuracy",
     "test_macro_f1",
+    "test_top5",
+    "test_nll",
+    "test_ece",
+    "lr",
+    "lr_multiplier",
+    "lr_at_edge",
+    "lr_candidates",
+    "inference_images_per_second",
     "trainable_params",
     "frozen_params",
     "wall_seconds",
@@ -37,6 +46,7 @@ SUMMARY_COLUMNS = (
     "num_train",
     "num_classes",
     "cell_dir",
+    "candidate_dir",
 )
 
 
@@ -64,14 +74,17 @@ def _read_cell_json(path: Path, keys: tuple[str, ...]) -> dict:
 
 
 def summarise_cell(cell_dir: Path) -> dict:
-    """One summary row from a cell directory's cell.json, train.json and test.json."""
+    """One summary row from a cell's selection and test results and its chosen candidate's
+    cell.json and train.json."""
     cell_dir = Path(cell_dir)
-    cell = _read_cell_json(cell_dir / "cell.json", (*COORDINATES, "image_size", "epochs"))
+    selection = _read_cell_json(cell_dir / "selection.json", ("chosen", "lr_multiplier", "lr", "candidates"))
+    candidate_dir = cell_dir / selection["chosen"]
+    cell = _read_cell_json(candidate_dir / "cell.json", (*COORDINATES, "image_size", "epochs"))
     train = _read_cell_json(
-        cell_dir / "train.json",
+        candidate_dir / "train.json",
         ("best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes"),
     )
-    test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1"))
+    test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1", "nll", "ece"))
     return {
         **{axis: str(cell[axis]) for axis in RECIPE if axis != "fraction"},
         "fraction": float(cell["fraction"]),
@@ -80,19 +93,29 @@ def summarise_cell(cell_dir: Path) -> dict:
         "freeze_depth": freeze_depth(str(cell["strategy"])),
         "image_size": int(cell["image_size"]),
         "epochs": int(cell["epochs"]),
-        "epochs_run": int(train.get("epochs_run", cell["epochs"])),
+        "epochs_run": int(train["epochs_run"]),
         "best_epoch": int(train["best_epoch"]),
         "val_acc": float(train["best_val_acc"]),
+        "val_loss": float(train["best_val_loss"]),
         "test_top1": float(test["top1"]),
         "test_balanced_accuracy": float(test["balanced_accuracy"]),
         "test_macro_f1": float(test["macro_f1"]),
+        "test_top5": float("nan") if test.get("top5") is None else float(test["top5"]),
+        "test_nll": float(test["nll"]),
+        "test_ece": float(test["ece"]),
+        "lr": float(selection["lr"]),
+        "lr_multiplier": float(selection["lr_multiplier"]),
+        "lr_at_edge": bool(selection.get("at_edge", False)),
+        "lr_candidates": len(selection["candidates"]),
+        "inference_images_per_second": float((test.get("inference") or {}).get("images_per_second") or float("nan")),
         "trainable_params": int(train["trainable_params"]),
         "frozen_params": int(train["frozen_params"]),
         "wall_seconds": float(train["wall_seconds"]),
-        "fit": str(train.get("fit", "")),
+        "fit": str(train["fit"]),
         "num_train": int(train["num_train"]),
         "num_classes": int(train["num_classes"]),
         "cell_dir": str(cell_dir),
+        "candidate_dir": str(candidate_dir),
     }
 
 

@@ -12,7 +12,8 @@ File format (``torch.save``, loadable with ``weights_only=True``)::
     {"pooled":  float32 [N, num_features],      # backbone(x): the native pooled vector
      "spatial": float32 [N, feature_channels],  # backbone.global_average(backbone.forward_features(x))
      "labels":  int64 [N],                      # manifest labels, manifest row order
-     "backbone": str, "weights": str}
+     "backbone": str, "weights": str, "init_seed": int,   # the frozen base the features come from
+     "backbone_params": int, "num_stages": int, "aux_features": int | None}
 
 Rows are manifest rows (all splits), so the split table's ``row`` indices select from it directly.
 """
@@ -104,7 +105,17 @@ def build_feature_cache(
     started = time.perf_counter()
     features = extract_features(net, images, source.normalisation, batch_size, torch_device)
     seconds = time.perf_counter() - started
-    payload = {**features, "labels": labels.clone(), "backbone": source.backbone, "weights": source.weights}
+    payload = {
+        **features,
+        "labels": labels.clone(),
+        "backbone": source.backbone,
+        "weights": source.weights,
+        "init_seed": source.init_seed,
+        # What a head trained on these features reports about its frozen base.
+        "backbone_params": sum(p.numel() for p in net.parameters()),
+        "num_stages": net.num_stages,
+        "aux_features": net.aux_features,
+    }
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
     summary = {

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from .backbones.registry import native_preprocessing, resolve_backbone
 from .heads import HEADS
-from .naming import Cell, format_fraction
+from .naming import CELLS_ROOT, Cell, format_fraction, format_multiplier, weights_slug
 from .settings import CellSettings, OptimizerSettings, PretrainJob, ScheduleSettings
 from .strategies import parse_strategy
 
@@ -128,3 +128,73 @@ def dataset_fractions(config: dict, dataset: str) -> list[float]:
     fractions = list(config["grid"]["fractions"]) if dataset in config["grid"]["datasets"] else []
     fractions += [entry["fraction"] for entry in config["pretrain"].values() if entry["dataset"] == dataset]
     return sorted({float(f) for f in fractions})
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate candidates: one directory each inside a cell
+
+
+def lr_candidates(config: dict, head: str) -> list[str]:
+    """The cell's learning-rate multipliers, as spelled in candidate directories; heads fitted in
+    closed form (logreg) have no learning rate and one candidate."""
+    if HEADS[head].fit == "sklearn":
+        return [format_multiplier(1.0)]
+    return [format_multiplier(m) for m in config["grid"]["lrs"]]
+
+
+def candidate_settings(settings: CellSettings, multiplier: str | float) -> CellSettings:
+    """The settings of one learning-rate candidate: every rate of the recipe times ``multiplier``."""
+    factor = float(multiplier)
+    options = dict(settings.strategy_options)
+    for key in parse_strategy(settings.strategy).rate_options:
+        if key in options:
+            options[key] = options[key] * factor
+    return settings.replace(
+        optimizer=replace(settings.optimizer, lr=settings.optimizer.lr * factor),
+        strategy_options=options,
+        lr_multiplier=factor,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen heads on cached features: one fitting job and one evaluation job per feature cache
+
+
+def feature_heads(config: dict) -> list[str]:
+    """The grid's heads whose frozen cells train on cached features."""
+    return [head for head in config["grid"]["heads"] if trains_on_features(head, "frozen", config["train"])]
+
+
+def frozen_group_files(config: dict, filename: str, random_base: bool, per_candidate: bool) -> list[str]:
+    """Output patterns of a frozen-heads job: ``filename`` of every frozen feature cell (or of every
+    candidate of it) of one feature cache. Wildcards: dataset, backbone and weights (a pretrained
+    cache, shared by every seed) or dataset, backbone and seed (a random base drawn from the seed).
+    """
+    grid = config["grid"]
+    seeds = ["{seed}"] if random_base else [str(seed) for seed in grid["seeds"]]
+    weights = "none" if random_base else "{weights}"
+    files = []
+    for fraction in (format_fraction(f) for f in grid["fractions"]):
+        for head in feature_heads(config):
+            for seed in seeds:
+                cell = f"{CELLS_ROOT}/{{dataset}}/{fraction}/{{backbone}}/{weights}/frozen/{head}/seed{seed}"
+                candidates = lr_candidates(config, head) if per_candidate else [None]
+                for lr in candidates:
+                    files.append(f"{cell}/lr{lr}/{filename}" if lr else f"{cell}/{filename}")
+    return files
+
+
+def frozen_group_cells(
+    config: dict, cells: list[Cell], dataset: str, backbone: str, weights_slug_: str, seed: int | None
+) -> list[Cell]:
+    """The cells one frozen-heads job serves: frozen feature cells of one dataset, backbone and
+    weights (and seed, for a random base), in grid order."""
+    heads = set(feature_heads(config))
+    return [
+        cell
+        for cell in cells
+        if cell.strategy == "frozen"
+        and cell.head in heads
+        and (cell.dataset, cell.backbone, weights_slug(cell.weights)) == (dataset, backbone, weights_slug_)
+        and (seed is None or cell.seed == seed)
+    ]

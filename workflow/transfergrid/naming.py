@@ -25,6 +25,10 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 CELLS_ROOT = "results/cells"
 CELL_PATTERN = CELLS_ROOT + "/{dataset}/{fraction}/{backbone}/{weights}/{strategy}/{head}/seed{seed}"
+# One directory per learning-rate candidate inside a cell (``lr1.0`` for the configured rate), so
+# adding a candidate trains only that candidate.
+CANDIDATE_DIR = "lr{lr}"
+CANDIDATE_PATTERN = CELL_PATTERN + "/" + CANDIDATE_DIR
 
 
 def is_safe_name(name: str) -> bool:
@@ -35,6 +39,9 @@ def is_safe_name(name: str) -> bool:
 def format_fraction(fraction: float) -> str:
     """1 -> '1.0', 0.25 -> '0.25': one spelling per value, so paths are stable."""
     return repr(float(fraction))
+
+
+format_multiplier = format_fraction  # learning-rate multipliers are spelled the same way
 
 
 def weights_slug(weights: str) -> str:
@@ -105,6 +112,9 @@ class Cell:
     @property
     def path(self) -> str:
         return CELL_PATTERN.format(**{**asdict(self), "weights": weights_slug(self.weights)})
+
+    def candidate_path(self, multiplier: str) -> str:
+        return f"{self.path}/{CANDIDATE_DIR.format(lr=multiplier)}"
 
 
 def weights_path(weights_dir: str, backbone: str, weights: str) -> str:

@@ -58,7 +58,7 @@ def load_summary(summary_csv: Path) -> pd.DataFrame:
     summary_csv = Path(summary_csv)
     if not summary_csv.is_file():
         raise TransferGridError(f"missing summary table: {summary_csv}")
-    text_columns = [*RECIPE, "cell_dir", "freeze_depth", "fit"]
+    text_columns = [*RECIPE, "cell_dir", "candidate_dir", "freeze_depth", "fit"]
     text_columns.remove("fraction")
     summary = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(text_columns, str))
     missing = [column for column in SUMMARY_COLUMNS if column not in summary.columns]
@@ -159,8 +159,8 @@ def first_seed_cell(summary: pd.DataFrame, recipe) -> pd.Series:
     return summary[mask].sort_values("seed").iloc[0]
 
 
-def read_history(cell_dir: str) -> pd.DataFrame:
-    path = Path(cell_dir) / "history.csv"
+def read_history(candidate_dir: str) -> pd.DataFrame:
+    path = Path(candidate_dir) / "history.csv"
     if not path.is_file():
         raise TransferGridError(f"missing cell output: {path}")
     history = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -310,7 +310,7 @@ def section_curves(summary: pd.DataFrame, board: pd.DataFrame, limit: int) -> st
     for _, recipe in chosen.iterrows():
         cell = first_seed_cell(summary, recipe)
         title = f"#{int(recipe['rank'])} {short_recipe_label(recipe, axes)} (seed {int(cell['seed'])})"
-        panels.append((title, read_history(cell["cell_dir"]), int(cell["best_epoch"])))
+        panels.append((title, read_history(cell["candidate_dir"]), int(cell["best_epoch"])))
     uri = figure_to_data_uri(plot_curves(panels))
     shown = f"the {len(panels)} best recipes by validation rank" if len(panels) < len(board) else "every recipe"
     return (

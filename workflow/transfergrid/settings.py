@@ -57,6 +57,9 @@ class CellSettings:
     strategy_options: dict
     head_options: dict
     features: bool  # the head trains on the cached features of a frozen base
+    # The learning-rate candidate: every rate of the recipe (optimizer.lr, two_phase's two rates)
+    # is the configured one times this multiplier (``grid.lrs``).
+    lr_multiplier: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,6 +23,7 @@ class Strategy:
     name = "strategy"
     pretrained_only = False  # True when the recipe is meaningless from random weights
     forced_weights: str | None = None  # the weight source this recipe always starts from
+    rate_options: tuple[str, ...] = ()  # strategy options that are learning rates
 
     def phase(self, epoch: int, num_stages: int) -> Phase:
         raise NotImplementedError
@@ -76,6 +77,7 @@ class TwoPhase(Strategy):
 
     name = "two_phase"
     pretrained_only = True
+    rate_options = ("head_lr", "finetune_lr")  # its own learning rates, scaled by an lr candidate
 
     def __init__(self, head_epochs: int = 3, head_lr: float = 1e-2, finetune_lr: float = 1e-4):
         self.head_epochs, self.head_lr, self.finetune_lr = head_epochs, head_lr, finetune_lr

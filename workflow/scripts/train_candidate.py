@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from transfergrid.cell import CellInputs, train_candidate
+from transfergrid.jobs import run_job
+from transfergrid.settings import CellSettings
+
+
+def main(smk, log):
+    inputs = CellInputs(
+        split=Path(smk.input.split),
+        classes=Path(smk.input.classes),
+        cache=Path(smk.input.cache),
+        weights=Path(smk.input.weights) if smk.input.weights else None,
+    )
+    train_candidate(CellSettings.from_dict(smk.params.cell), inputs, Path(smk.output.model).parent, smk.threads, log)
+
+
+run_job(snakemake, main)

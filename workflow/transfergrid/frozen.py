@@ -1,0 +1,150 @@
+"""Frozen heads on cached features: every head, seed, fraction and learning-rate candidate of one
+feature cache, fitted in one job that writes each candidate's own directory.
+
+Training a head on cached features is the same experiment as training it through the frozen
+network (same initialisation, same batches, same loss), without running the backbone at all: the
+job needs torch, not torchvision or timm, and its cost is a few milliseconds per epoch. One job per
+feature cache instead of one per cell removes a process start-up (3-5 s) per cell, which is most of
+what a frozen head costs; adding a head refits its siblings, which is cheap and deterministic.
+
+A head-only ``model.pt`` holds the head's weights (``head.*`` keys of the cell's TransferModel) and
+the settings that rebuild the frozen base (``model.load_trained_model``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .batches import feature_batches
+from .cell import CandidateResult, record_candidate
+from .errors import DivergedError, TransferGridError
+from .features import HeadOnlyModel, load_features
+from .heads import HEADS, build_head, make_loss
+from .io import read_json
+from .logreg import fit_logreg_on_features
+from .loop import FitResult, Log, evaluate, fit
+from .runtime import prepare_job, seed_everything
+from .settings import CellSettings
+from .split import fraction_rows, read_split, split_rows
+from .strategies import parse_strategy
+
+
+@dataclass(frozen=True)
+class FrozenCandidate:
+    """One learning-rate candidate of one frozen cell, and the directory it is written to."""
+
+    settings: CellSettings  # the candidate's own settings (rates already multiplied)
+    out_dir: Path
+    weights_file: str | None  # the frozen base's starting weights (None: random, from the seed)
+
+
+def check_source(payload: dict, settings: CellSettings, features_path: Path) -> None:
+    """The cached features must come from the cell's own frozen base: same backbone, weights and,
+    for a random base, the same init seed."""
+    expected = (settings.backbone, settings.weights, settings.seed if settings.weights == "none" else 0)
+    cached = (payload["backbone"], payload["weights"], int(payload["init_seed"]))
+    if cached != expected:
+        raise TransferGridError(
+            f"cached features {features_path} come from {cached} (backbone, weights, init seed), "
+            f"not from the cell's base {expected}"
+        )
+
+
+def head_model(settings: CellSettings, payload: dict, num_classes: int) -> HeadOnlyModel:
+    """The cell's freshly initialised head on the cache's features, built exactly as ``build_model``
+    builds it after the (RNG-isolated) backbone: the same seed gives the same initial weights."""
+    seed_everything(settings.seed)
+    width = payload[HEADS[settings.head].input].shape[1]
+    head = build_head(settings.head, width, num_classes, settings.head_options)
+    aux = int(payload["aux_features"] or 0)
+    frozen = int(payload["backbone_params"]) + (aux * num_classes + num_classes if aux else 0)
+    return HeadOnlyModel(head, frozen, int(payload["num_stages"]))
+
+
+def fit_head_by_sgd(model: HeadOnlyModel, settings: CellSettings, payload: dict, rows: dict, device, log) -> FitResult:
+    strategy = parse_strategy(settings.strategy, settings.strategy_options)
+    return fit(
+        model,
+        strategy,
+        feature_batches(settings, payload, rows["train"], device, True),
+        feature_batches(settings, payload, rows["val"], device, False),
+        settings,
+        log,
+    )
+
+
+def fit_head_in_closed_form(
+    model: HeadOnlyModel, settings: CellSettings, payload: dict, rows: dict, device, log
+) -> FitResult:
+    """Heads fit by scikit-learn (logreg), regularisation chosen on val."""
+    linear, chosen_c, val_accuracy = fit_logreg_on_features(
+        payload, rows["train"], rows["val"], model.head.out_features, settings.head_options, settings.seed
+    )
+    model.head.load_state_dict(linear.state_dict())
+    model.apply_phase(parse_strategy("frozen").phase(0, model.num_stages))
+    loss_fn = make_loss(settings.head, 0.0)
+    scores = {
+        split: evaluate(model, feature_batches(settings, payload, rows[split], device, False), loss_fn)
+        for split in ("train", "val")
+    }
+    log(f"logreg: C={chosen_c} chosen on val; val accuracy per C: {val_accuracy}")
+    history = [
+        {
+            "epoch": 1,
+            "phase": f"logreg C={chosen_c}",
+            "train_loss": scores["train"][0],
+            "train_acc": scores["train"][1],
+            "val_loss": scores["val"][0],
+            "val_acc": scores["val"][1],
+            "lr": 0.0,
+            "seconds": 0.0,
+            "trainable_params": model.parameter_counts()["trainable_params"],
+            "optimizer_params": 0,
+        }
+    ]
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return FitResult(history, state, 1, scores["val"][1], scores["val"][0], model.parameter_counts())
+
+
+def fit_frozen_group(
+    candidates: list[FrozenCandidate],
+    features_path: Path,
+    split_csv: Path,
+    classes_json: Path,
+    threads: int = 1,
+    log: Log = print,
+) -> list[CandidateResult]:
+    """Fit every candidate's head on the cached features and write its directory."""
+    device = prepare_job(threads, candidates[0].settings.device)
+    payload = load_features(features_path)
+    split = read_split(split_csv)
+    classes = read_json(classes_json)["classes"]
+    results = []
+    for candidate in candidates:
+        settings = candidate.settings
+        check_source(payload, settings, features_path)
+        rows = {"train": fraction_rows(split, settings.fraction), "val": split_rows(split, "val")}
+        model = head_model(settings, payload, len(classes)).to(device)
+        fitter = fit_head_in_closed_form if HEADS[settings.head].fit == "sklearn" else fit_head_by_sgd
+        started = time.perf_counter()
+        try:
+            result = fitter(model, settings, payload, rows, device, log)
+        except DivergedError as diverged:
+            result = diverged
+        wall = time.perf_counter() - started
+        info = {"fit": fitter.__name__, "num_train": len(rows["train"]), "num_val": len(rows["val"])}
+        results.append(
+            record_candidate(
+                candidate.out_dir,
+                settings,
+                classes,
+                result,
+                {**info, "wall_seconds": wall, "device": str(device), "num_classes": len(classes)},
+                head_only=True,
+                weights_file=candidate.weights_file,
+                log=log,
+            )
+        )
+    return results
