@@ -18,6 +18,7 @@ from transfergrid.evaluate import choose_candidate, evaluate_frozen_group, evalu
 from transfergrid.features import FeatureSource, build_feature_cache, load_features
 from transfergrid.frozen import FrozenCandidate, fit_frozen_group
 from transfergrid.grid import candidate_settings
+from transfergrid.imagecache import load_cache, write_cache
 from transfergrid.loop import predict
 from transfergrid.model import build_model
 from transfergrid.split import make_split, read_split, split_rows
@@ -42,7 +43,7 @@ def tiny_dataset(tmp_path):
     images = (torch.randint(0, 60, (36, 1, 32, 32), generator=generator) + labels.view(-1, 1, 1, 1) * 80).to(
         torch.uint8
     )
-    torch.save({"images": images, "labels": labels}, tmp_path / "cache.pt")
+    write_cache(images, labels, tmp_path / "cache.npy")
     manifest = pd.DataFrame(
         {
             "path": [f"{i}.png" for i in range(36)],
@@ -59,7 +60,7 @@ def tiny_dataset(tmp_path):
 def features_for_seed(root, seed):
     out = root / f"features-seed{seed}.pt"
     source = FeatureSource("resnet18", "none", None, init_seed=seed)
-    build_feature_cache(source, root / "cache.pt", out, batch_size=8, device="cpu", log=QUIET)
+    build_feature_cache(source, root / "cache.npy", out, batch_size=8, device="cpu", log=QUIET)
     return out
 
 
@@ -80,10 +81,10 @@ def test_a_frozen_head_on_features_rebuilds_as_the_network_it_validated(tiny_dat
     model, settings, _ = load_trained_model(tiny_dataset / "cell" / "lr1.0" / "model.pt")
     reference = build_model(cell, 3, None)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in reference.backbone.state_dict().items())
-    cache = torch.load(tiny_dataset / "cache.pt", weights_only=True)
+    images, labels = load_cache(tiny_dataset / "cache.npy")
     rows = split_rows(read_split(tiny_dataset / "split.csv"), "val")
     cpu = torch.device("cpu")
-    through_network, _ = predict(model, make_batches(settings, cache["images"], cache["labels"], rows, cpu, False))
+    through_network, _ = predict(model, make_batches(settings, images, labels, rows, cpu, False))
     on_features, _ = predict(model.head, feature_batches(settings, load_features(features), rows, cpu, False))
     assert torch.allclose(through_network, on_features, atol=1e-4)
 
@@ -130,7 +131,7 @@ def test_a_cell_whose_every_candidate_diverged_fails_in_one_line(tmp_path):
 
 def test_network_candidates_then_one_test_evaluation_of_the_chosen_one(tiny_dataset, monkeypatch):
     cell = cell_config(strategy="full", seed=0, epochs=1)
-    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.pt")
+    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.npy")
     results = [
         train_candidate(candidate_settings(cell, m), inputs, tiny_dataset / "cell" / f"lr{m}", log=QUIET)
         for m in ("0.1", "1.0")
@@ -142,7 +143,7 @@ def test_network_candidates_then_one_test_evaluation_of_the_chosen_one(tiny_data
     original = evaluate_module.load_trained_model
     monkeypatch.setattr(evaluate_module, "load_trained_model", lambda path: loaded.append(path) or original(path))
     metrics = evaluate_network_cell(
-        [r.out_dir for r in results], tiny_dataset / "cache.pt", tiny_dataset / "split.csv", tiny_dataset / "cell"
+        [r.out_dir for r in results], tiny_dataset / "cache.npy", tiny_dataset / "split.csv", tiny_dataset / "cell"
     )
     best = max(results, key=lambda r: (r.summary["best_val_acc"], -r.summary["best_val_loss"]))
     assert loaded == [best.out_dir / "model.pt"]  # only the chosen candidate meets the test split
@@ -155,7 +156,7 @@ def test_network_candidates_then_one_test_evaluation_of_the_chosen_one(tiny_data
 def test_a_diverging_candidate_is_recorded_without_weights(tiny_dataset):
     cell = cell_config(strategy="full", seed=0, epochs=2)
     cell = cell.replace(optimizer=replace(cell.optimizer, lr=1e6))
-    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.pt")
+    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.npy")
     result = train_candidate(cell, inputs, tiny_dataset / "cell" / "lr1.0", log=QUIET)
     assert result.summary["status"] == "diverged" and result.summary["diverged_epoch"] == 1
     assert "lower train.optimizer.lr" in result.summary["reason"]
@@ -172,7 +173,7 @@ def test_frozen_group_evaluation_equals_the_network_on_test_images(tiny_dataset)
     evaluate_frozen_group([(tiny_dataset / "cell", candidates)], features, tiny_dataset / "split.csv")
     on_features = json.loads((tiny_dataset / "cell" / "test.json").read_text())
     chosen = tiny_dataset / "cell" / on_features["selection"]["chosen"]
-    evaluate_network_cell([chosen], tiny_dataset / "cache.pt", tiny_dataset / "split.csv", tiny_dataset / "net")
+    evaluate_network_cell([chosen], tiny_dataset / "cache.npy", tiny_dataset / "split.csv", tiny_dataset / "net")
     through_network = json.loads((tiny_dataset / "net" / "test.json").read_text())
     assert on_features["top1"] == through_network["top1"]
     assert np.isclose(on_features["nll"], through_network["nll"], atol=1e-5)

@@ -23,6 +23,7 @@ from transfergrid.features import (
 )
 from transfergrid.grid import uses_feature_cache
 from transfergrid.heads import HEADS
+from transfergrid.imagecache import write_cache
 from transfergrid.logreg import fit_logreg_on_features
 from transfergrid.loop import fit
 from transfergrid.model import build_model
@@ -73,11 +74,11 @@ def test_build_feature_cache_uses_the_cells_weights_file(tmp_path):
     weights = tmp_path / "weights.pt"
     torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, weights)
     images, labels = uint8_images(n=20), torch.arange(20) % 3
-    torch.save({"images": images, "labels": labels}, tmp_path / "cache.pt")
+    write_cache(images, labels, tmp_path / "cache.npy")
     out = tmp_path / "features" / "resnet18.pt"
     summary = build_feature_cache(
         FeatureSource("resnet18", "imagenet", weights),
-        tmp_path / "cache.pt",
+        tmp_path / "cache.npy",
         out,
         batch_size=8,
         threads=1,

@@ -17,6 +17,7 @@ from transfergrid.backbones.build import build_backbone
 from transfergrid.config import validate_config
 from transfergrid.errors import ConfigError, DataError
 from transfergrid.grid import pretrain_job
+from transfergrid.imagecache import write_cache
 from transfergrid.model import build_model
 from transfergrid.naming import file_source, weights_from_slug, weights_slug
 from transfergrid.pretrain import pretrain_backbone, select_classes
@@ -237,8 +238,8 @@ def write_digits_dataset(root: Path, size: int = 32, per_class: int = 20) -> dic
     images = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear").round().clamp(0, 255)
     labels = torch.as_tensor(digits.target[rows], dtype=torch.int64)
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"cache": root / f"{size}px.pt", "split": root / "split.csv", "classes": root / "classes.json"}
-    torch.save({"images": images.to(torch.uint8), "labels": labels}, paths["cache"])
+    paths = {"cache": root / f"{size}px.npy", "split": root / "split.csv", "classes": root / "classes.json"}
+    write_cache(images.to(torch.uint8), labels, paths["cache"])
     manifest = pd.DataFrame({"label": labels.numpy(), "split": ""})
     make_split(manifest, 0.25, 0.25, 0).to_csv(paths["split"], index=False)
     paths["classes"].write_text(json.dumps({"classes": [str(c) for c in range(10)], "channels": 1}))
@@ -250,7 +251,7 @@ def test_pretraining_makes_a_backbone_that_starts_a_target_with_its_own_head(tmp
     job = pretrain_job(config, "resnet18", "digits04")
     settings = job.settings
     assert (settings.strategy, settings.head, settings.weights, settings.image_size, settings.epochs) == (
-        "full",
+        "scratch",
         "linear",
         "none",
         32,

@@ -6,7 +6,8 @@ rule cache_images:
         manifest="results/datasets/{dataset}/manifest.csv",
         classes="results/datasets/{dataset}/classes.json",
     output:
-        cache="results/cache/{dataset}/{size}px.pt",
+        cache="results/cache/{dataset}/{size}px.npy",
+        labels="results/cache/{dataset}/{size}px.labels.npy",
     log:
         f"{LOGS}/cache_images/{{dataset}}_{{size}}px.log",
     conda:

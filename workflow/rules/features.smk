@@ -4,7 +4,7 @@
 
 rule extract_features:
     input:
-        cache="results/cache/{dataset}/{size}px.pt",
+        cache="results/cache/{dataset}/{size}px.npy",
         weights=weights_file,
     output:
         features="results/features/{dataset}/{size}px/{backbone}/{weights}/{init}.pt",
@@ -21,6 +21,8 @@ rule extract_features:
         weights=weight_source,
         init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,
         device=config["train"]["device"],
-        batch_size=config["train"]["batch_size"],
+        batch_size=max(config["train"]["batch_size"], 128),
+        precision=config["train"]["precision"],
+        channels_last=config["train"]["channels_last"],
     script:
         "../scripts/extract_features.py"

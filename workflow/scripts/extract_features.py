@@ -15,6 +15,8 @@ def main(smk, log):
         device=smk.params.device,
         threads=smk.threads,
         log=log,
+        precision=smk.params.precision,
+        channels_last=smk.params.channels_last,
     )
 
 

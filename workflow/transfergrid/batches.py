@@ -13,6 +13,32 @@ from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
 from .heads import HEADS
 from .settings import CellSettings
 
+EVAL_BATCH_SIZE = 128
+
+
+def batch_starts(count: int, batch_size: int, drop_last: bool) -> range:
+    """Where each batch starts. Training drops a last partial batch when there is a full one: a
+    ragged batch changes the tensor shapes, which makes oneDNN and cuDNN plan their kernels again,
+    and a batch of one or two rows gives BatchNorm meaningless statistics."""
+    stop = count - count % batch_size if drop_last and count >= batch_size else count
+    return range(0, stop, batch_size)
+
+
+def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> bool:
+    """Whether ``num_bytes`` of images can live on the GPU next to a model and its activations;
+    otherwise they stay on the host and each batch is copied when it is used."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return num_bytes <= share * free
+
+
+def rows_on_device(images, rows: torch.Tensor, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """``images[rows]`` in device memory, gathered and copied ``chunk`` rows at a time so the host
+    never holds more than one chunk."""
+    out = torch.empty((len(rows), *images.shape[1:]), dtype=torch.uint8, device=device)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = images[rows[start : start + chunk]].to(device, non_blocking=True)
+    return out
+
 
 class TensorBatches:
     """Mini-batches from the uint8 image cache: index, convert, normalise, augment, on the device.
@@ -32,9 +58,12 @@ class TensorBatches:
         seed: int | None = None,
     ):
         rows_tensor = torch.as_tensor(rows, dtype=torch.long)
-        self.images = images[rows_tensor].to(device) if device.type == "cuda" else images
+        # On a GPU the rows a cell uses live in device memory (copied once, in chunks), so an epoch
+        # is pure tensor work; on a CPU they are read from the cache batch by batch.
+        resident = device.type == "cuda" and fits_on_device(len(rows) * int(np.prod(images.shape[1:])), device)
+        self.images = rows_on_device(images, rows_tensor, device) if resident else images
         self.labels = labels[rows_tensor].to(device)
-        self.rows = torch.arange(len(rows)) if device.type == "cuda" else rows_tensor
+        self.rows = torch.arange(len(rows)) if resident else rows_tensor
         self.batch_size, self.device = batch_size, device
         self.mean = torch.tensor(normalisation.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(normalisation.std, device=device).view(1, -1, 1, 1)
@@ -49,7 +78,7 @@ class TensorBatches:
         order = (
             torch.randperm(len(self.rows), generator=self.generator) if self.shuffle else torch.arange(len(self.rows))
         )
-        for start in range(0, len(order), self.batch_size):
+        for start in batch_starts(len(order), self.batch_size, drop_last=self.shuffle):
             positions = order[start : start + self.batch_size]
             images = self.images[self.rows[positions]].to(self.device, non_blocking=True).float().div_(255)
             images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
@@ -89,18 +118,19 @@ class FeatureBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        for start in batch_starts(n, self.batch_size, drop_last=self.shuffle):
             positions = order[start : start + self.batch_size].to(self.device)
             yield self.features[positions], self.labels[positions]
 
 
 def make_batches(settings: CellSettings, images, labels, rows, device, train: bool) -> TensorBatches:
-    """The image batches a cell trains (shuffled, augmented, seeded) or evaluates on (in row order)."""
+    """The image batches a cell trains (shuffled, augmented, seeded) or evaluates on (in row order,
+    in larger batches: inference keeps no activations for a backward pass)."""
     return TensorBatches(
         images,
         labels,
         rows,
-        settings.batch_size,
+        settings.batch_size if train else max(settings.batch_size, EVAL_BATCH_SIZE),
         device,
         native_preprocessing(resolve_backbone(settings.backbone), settings.weights),
         augment=settings.augment if train else "none",

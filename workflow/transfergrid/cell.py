@@ -66,6 +66,9 @@ def train_candidate(
     log(f"cell {settings.to_dict()}; device {device}; {len(rows['train'])} train / {len(rows['val'])} val images")
 
     model = build_model(settings, len(classes), inputs.weights).to(device)
+    if settings.compile:
+        # The forward alone: the module and its state-dict keys stay as they are.
+        model.forward = torch.compile(model.forward)
     strategy = parse_strategy(settings.strategy, settings.strategy_options)
     images, labels = load_cache(inputs.cache)
     started = time.perf_counter()
@@ -82,6 +85,7 @@ def train_candidate(
         result = diverged
     info = {
         "fit": "through_network",
+        "precision": getattr(result, "precision", None),
         "num_train": len(rows["train"]),
         "num_val": len(rows["val"]),
         "num_classes": len(classes),

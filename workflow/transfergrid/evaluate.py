@@ -137,11 +137,11 @@ def write_test_outputs(out_dir: Path, run: TestRun, classes: list[str], selectio
     return metrics
 
 
-def _timed_predict(model, batches, device) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _timed_predict(model, batches, device, precision="fp32") -> tuple[torch.Tensor, torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    logits, labels = predict(model, batches)
+    logits, labels = predict(model, batches, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return logits, labels, time.perf_counter() - started

@@ -33,7 +33,7 @@ from .batches import TensorBatches
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
-from .runtime import prepare_job
+from .runtime import autocast, prepare_job, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class FeatureSource:
         return native_preprocessing(resolve_backbone(self.backbone), self.weights)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def extract_features(
     backbone: nn.Module,
     images: torch.Tensor,
@@ -64,6 +64,8 @@ def extract_features(
     device: torch.device,
     rows: np.ndarray | None = None,
     chunk_rows: int = 16384,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``{"pooled": [N, num_features], "spatial": [N, feature_channels]}`` float32 on the CPU.
 
@@ -76,14 +78,17 @@ def extract_features(
     dummy_labels = torch.zeros(len(images), dtype=torch.long)
     was_training = backbone.training
     backbone.to(device).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    backbone.to(memory_format=memory_format)
     pooled, spatial = [], []
     try:
         for start in range(0, len(rows), max(chunk_rows, batch_size)):
             chunk = rows[start : start + max(chunk_rows, batch_size)]
             for batch, _ in TensorBatches(images, dummy_labels, chunk, batch_size, device, normalisation):
-                fmap = backbone.forward_features(batch)
-                pooled.append(backbone.pool(fmap).float().cpu())
-                spatial.append(backbone.global_average(fmap).float().cpu())
+                with autocast(precision, device):
+                    fmap = backbone.forward_features(batch.contiguous(memory_format=memory_format))
+                    pooled.append(backbone.pool(fmap).float().cpu())
+                    spatial.append(backbone.global_average(fmap).float().cpu())
     finally:
         backbone.train(was_training)
     return {"pooled": torch.cat(pooled), "spatial": torch.cat(spatial)}
@@ -97,13 +102,18 @@ def build_feature_cache(
     device: str = "auto",
     threads: int = 1,
     log=print,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
     torch_device = prepare_job(threads, device)
     net = source.build()
     images, labels = load_cache(image_cache)
     started = time.perf_counter()
-    features = extract_features(net, images, source.normalisation, batch_size, torch_device)
+    precision = resolve_precision(precision, torch_device)
+    features = extract_features(
+        net, images, source.normalisation, batch_size, torch_device, precision=precision, channels_last=channels_last
+    )
     seconds = time.perf_counter() - started
     payload = {
         **features,
@@ -111,6 +121,7 @@ def build_feature_cache(
         "backbone": source.backbone,
         "weights": source.weights,
         "init_seed": source.init_seed,
+        "precision": precision,
         # What a head trained on these features reports about its frozen base.
         "backbone_params": sum(p.numel() for p in net.parameters()),
         "num_stages": net.num_stages,
@@ -123,7 +134,9 @@ def build_feature_cache(
         "num_features": features["pooled"].shape[1],
         "feature_channels": features["spatial"].shape[1],
         "seconds": seconds,
+        "images_per_second": len(labels) / seconds if seconds > 0 else None,
         "device": str(torch_device),
+        "precision": precision,
     }
     log(f"features {source.backbone}/{source.weights}: {summary}")
     return summary

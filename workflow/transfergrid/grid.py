@@ -75,6 +75,32 @@ def trains_on_features(head: str, strategy: str, train: dict) -> bool:
     )
 
 
+def batch_scale(train: dict) -> float:
+    """The linear scaling rule: configured rates are per ``lr_reference_batch_size`` images."""
+    reference = train["lr_reference_batch_size"]
+    return train["batch_size"] / reference if reference else 1.0
+
+
+def base_learning_rate(train: dict, strategy: str) -> float:
+    """The cell's base rate: ``optimizer.lr`` when set, else the strategy kind's rate for the
+    optimizer (two_phase, whose phases set their own rates, starts from full's); scaled to the
+    batch size."""
+    kind = strategy.partition(":")[0]
+    rates = train["lr_by_strategy"][train["optimizer"]["name"]]
+    rate = train["optimizer"]["lr"] or rates.get(kind, rates["full"])
+    return float(rate) * batch_scale(train)
+
+
+def scaled_strategy_options(train: dict, strategy: str) -> dict:
+    """The strategy's own options (editing another strategy's must not rerun this cell), its
+    learning rates scaled to the batch size like every other rate."""
+    options = dict(train["strategy_options"].get(strategy.partition(":")[0], {}))
+    for key in parse_strategy(strategy).rate_options:
+        if key in options:
+            options[key] = float(options[key]) * batch_scale(train)
+    return options
+
+
 def cell_settings(config: dict, cell: Cell) -> CellSettings:
     """Everything that determines a cell's result (its cell.json).
 
@@ -94,30 +120,35 @@ def cell_settings(config: dict, cell: Cell) -> CellSettings:
         epochs=int(train["epochs"]),
         batch_size=int(train["batch_size"]),
         augment=train["augment"],
-        optimizer=OptimizerSettings(**train["optimizer"]),
+        optimizer=OptimizerSettings(**{**train["optimizer"], "lr": base_learning_rate(train, cell.strategy)}),
         schedule=ScheduleSettings(**train["schedule"]),
         label_smoothing=float(train["label_smoothing"]),
         device=train["device"],
+        precision=train["precision"],
+        channels_last=bool(train["channels_last"]),
+        compile=bool(train["compile"]),
         train_bn=bool(train["train_bn"]),
         early_stopping_patience=train["early_stopping_patience"],
         discriminative_lr=train["discriminative_lr"],
-        strategy_options=dict(train["strategy_options"].get(cell.strategy.partition(":")[0], {})),
+        strategy_options=scaled_strategy_options(train, cell.strategy),
         head_options=dict(train["head_options"].get(cell.head, {})),
         features=trains_on_features(cell.head, cell.strategy, train),
     )
 
 
 def pretrain_job(config: dict, backbone: str, name: str) -> PretrainJob:
-    """The settings of ``pretrain:<name>`` for ``backbone``: a scratch/full/linear cell on the source
+    """The settings of ``pretrain:<name>`` for ``backbone``: a scratch/linear cell on the source
     dataset with the `train` settings, and the `pretrain.<name>` overrides."""
     entry = config["pretrain"][name]  # validation filled in the entries that `pretrain:<dataset>` implies
-    cell = Cell(entry["dataset"], format_fraction(entry["fraction"]), backbone, "none", "full", "linear", entry["seed"])
+    cell = Cell(
+        entry["dataset"], format_fraction(entry["fraction"]), backbone, "none", "scratch", "linear", entry["seed"]
+    )
     settings = cell_settings(config, cell)
     overrides = {}
     if entry["epochs"]:
         overrides["epochs"] = int(entry["epochs"])
     if entry["lr"]:
-        overrides["optimizer"] = replace(settings.optimizer, lr=float(entry["lr"]))
+        overrides["optimizer"] = replace(settings.optimizer, lr=float(entry["lr"]) * batch_scale(config["train"]))
     if entry["image_size"]:
         overrides["image_size"] = int(entry["image_size"])
     return PretrainJob(name, settings.replace(**overrides), entry["classes"])

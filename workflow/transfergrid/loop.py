@@ -18,6 +18,7 @@ from .errors import DivergedError
 from .heads import make_loss
 from .model import AUX_LOSS_WEIGHT
 from .optim import build_optimizer, lr_factor, set_learning_rate
+from .runtime import autocast, resolve_precision
 from .settings import CellSettings
 from .strategies import Phase, Strategy
 
@@ -29,18 +30,24 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 DIVERGENCE_LOSS_RATIO = 100.0
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def train_one_epoch(
-    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, precision: str = "fp32"
 ) -> tuple[float, float, int]:
     """(mean training loss, training accuracy, number of class scores) of one epoch."""
     model.train()
+    device = model_device(model)
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in batches:
-        outputs = model(images)
-        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        with autocast(precision, device):
+            outputs = model(images)
+        logits = (outputs[0] if isinstance(outputs, tuple) else outputs).float()
         loss = loss_fn(logits, labels)
         if isinstance(outputs, tuple):  # auxiliary logits count in the training loss only
-            loss = loss + AUX_LOSS_WEIGHT * loss_fn(outputs[1], labels)
+            loss = loss + AUX_LOSS_WEIGHT * loss_fn(outputs[1].float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -50,16 +57,20 @@ def train_one_epoch(
     return total_loss / seen, correct / seen, logits.shape[1]
 
 
-@torch.no_grad()
-def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every row, in row order."""
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Batches, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels of every row, in row order."""
     model.eval()
-    outputs = [(model(images), labels) for images, labels in batches]
-    return torch.cat([o[0] for o in outputs]).float().cpu(), torch.cat([o[1] for o in outputs]).cpu()
+    device = model_device(model)
+    outputs = []
+    for images, labels in batches:
+        with autocast(precision, device):
+            outputs.append((model(images).float(), labels))
+    return torch.cat([o[0] for o in outputs]).cpu(), torch.cat([o[1] for o in outputs]).cpu()
 
 
-def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module) -> tuple[float, float]:
-    logits, labels = predict(model, batches)
+def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, precision: str = "fp32") -> tuple[float, float]:
+    logits, labels = predict(model, batches, precision)
     return loss_fn(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -82,6 +93,7 @@ class FitResult:
     best_val_acc: float
     best_val_loss: float
     parameter_counts: dict
+    precision: str = "fp32"
 
 
 def _is_better(val_acc: float, val_loss: float, best_acc: float, best_loss: float) -> bool:
@@ -104,6 +116,8 @@ def fit(
     as soon as an epoch's training loss diverges.
     """
     loss_fn = make_loss(settings.head, settings.label_smoothing)
+    # Heads on cached features are tiny: they stay in float32 whatever the setting.
+    precision = resolve_precision(settings.precision, model_device(model)) if hasattr(model, "backbone") else "fp32"
     num_stages = getattr(model, "num_stages", 0)
     base_lr, patience = settings.optimizer.lr, settings.early_stopping_patience
     phase: Phase | None = None
@@ -119,9 +133,9 @@ def fit(
         lr = (phase.lr or base_lr) * lr_factor(settings.schedule, epoch, settings.epochs)
         set_learning_rate(optimizer, lr)
         started = time.perf_counter()
-        train_loss, train_acc, num_classes = train_one_epoch(model, train_batches, optimizer, loss_fn)
+        train_loss, train_acc, num_classes = train_one_epoch(model, train_batches, optimizer, loss_fn, precision)
         check_divergence(epoch + 1, train_loss, uniform_loss(loss_fn, num_classes))
-        val_loss, val_acc = evaluate(model, val_batches, loss_fn)
+        val_loss, val_acc = evaluate(model, val_batches, loss_fn, precision)
         row = {
             "epoch": epoch + 1,
             "phase": phase.name,
@@ -145,4 +159,4 @@ def fit(
         elif patience and epoch + 1 - best[0] >= patience:
             log(f"early stop: no better validation accuracy for {patience} epochs")
             break
-    return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts())
+    return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts(), precision)

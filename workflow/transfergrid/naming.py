@@ -123,7 +123,7 @@ def weights_path(weights_dir: str, backbone: str, weights: str) -> str:
 
 
 def image_cache_path(dataset: str, size: int) -> str:
-    return f"results/cache/{dataset}/{size}px.pt"
+    return f"results/cache/{dataset}/{size}px.npy"
 
 
 def feature_init(weights: str, seed: int) -> str:

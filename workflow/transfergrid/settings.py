@@ -16,7 +16,7 @@ from typing import Any
 @dataclass(frozen=True)
 class OptimizerSettings:
     name: str  # "sgd" or "adamw"
-    lr: float
+    lr: float  # this cell's base rate: the strategy's rate, scaled to the batch size
     momentum: float
     nesterov: bool
     weight_decay: float
@@ -49,6 +49,9 @@ class CellSettings:
     schedule: ScheduleSettings
     label_smoothing: float
     device: str
+    precision: str  # "auto", "fp32" or "bf16" (resolved on the machine that runs the job)
+    channels_last: bool
+    compile: bool
     train_bn: bool
     early_stopping_patience: int | None
     discriminative_lr: float | None
