@@ -176,6 +176,18 @@ def test_an_explicit_cuda_visible_devices_limits_the_candidates(monkeypatch, vis
     assert discover_devices() == expected
 
 
+def test_inherited_visible_devices_are_leased_in_cuda_numbering(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    held = gpus._try_lock(tmp_path / "gpu-2.lock")  # another job holds device 2
+    try:
+        with lease_gpu(tmp_path, log=lambda m: None) as device:
+            assert device == "3" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+            assert "CUDA_DEVICE_ORDER" not in os.environ
+    finally:
+        os.close(held)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
 def test_devices_are_discovered_with_nvidia_smi(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()

@@ -3,7 +3,9 @@
 Snakemake's ``resources: gpu=1`` only counts GPUs: two GPU jobs running side by side both see
 every device and both land on GPU 0 (Snakemake issue #281). ``lease_gpu`` gives each job its own
 device: the job takes an exclusive lease on one device index for its lifetime and points
-``CUDA_VISIBLE_DEVICES`` at it, so CUDA numbers that device 0 inside the job.
+``CUDA_VISIBLE_DEVICES`` at it, so CUDA numbers that device 0 inside the job. Device indices are
+nvidia-smi's (CUDA is told to number devices the same way, by PCI bus), or the entries of an
+inherited ``CUDA_VISIBLE_DEVICES``, which then limits the candidates.
 
 A lease is an ``fcntl.flock`` on ``<run_dir>/gpu-<index>.lock``. The kernel drops a flock when its
 holder exits for any reason, SIGKILL included, so a crashed job's device is free again at once:
@@ -125,6 +127,15 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _lock_first_free(run_dir: Path, candidates: Sequence[str]) -> tuple[str, int] | None:
+    """(device, descriptor holding its lock) for the first device nobody leases, else None."""
+    for device in candidates:
+        fd = _try_lock(_lock_path(run_dir, device))
+        if fd is not None:
+            return device, fd
+    return None
+
+
 @contextlib.contextmanager
 def lease_gpu(
     run_dir: str | os.PathLike,
@@ -141,7 +152,8 @@ def lease_gpu(
     is kept and yielded as it is, without a lease. When every device is leased, waits (polling
     every ``poll`` seconds, logging "waiting for a free GPU") unless ``wait`` is False; raises
     NoFreeGpu if it may not wait or ``timeout`` seconds pass. CUDA_VISIBLE_DEVICES is restored
-    when the block ends.
+    when the block ends. One lease per job: a lease_gpu nested in another finds only the device
+    the outer one holds (CUDA_VISIBLE_DEVICES) and would wait for it.
     """
     log = log or _stderr
     if scheduler_assigned():
@@ -149,6 +161,9 @@ def lease_gpu(
         log(f"GPU chosen by SLURM (job {os.environ['SLURM_JOB_ID']}): CUDA_VISIBLE_DEVICES={assigned}")
         yield assigned or None
         return
+    # Entries of an inherited CUDA_VISIBLE_DEVICES keep CUDA's numbering; nvidia-smi indices (and
+    # configured ones) need CUDA to number devices as nvidia-smi does, by PCI bus.
+    pci_order = devices is not None or visible_devices() is None
     candidates = [str(device) for device in devices] if devices is not None else discover_devices()
     if not candidates:
         yield None
@@ -158,28 +173,22 @@ def lease_gpu(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     waiting_logged = False
-    while True:
-        for device in candidates:
-            fd = _try_lock(_lock_path(run_dir, device))
-            if fd is not None:
-                break
-        else:
-            if not wait:
-                raise NoFreeGpu(f"all {len(candidates)} GPU(s) are leased ({run_dir})")
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise NoFreeGpu(f"no GPU became free within {timeout:g} s ({run_dir})")
-            if not waiting_logged:
-                log(f"waiting for a free GPU: all {len(candidates)} are leased ({run_dir})")
-                waiting_logged = True
-            time.sleep(poll)
-            continue
-        break
+    while (leased := _lock_first_free(run_dir, candidates)) is None:
+        if not wait:
+            raise NoFreeGpu(f"all {len(candidates)} GPU(s) are leased ({run_dir})")
+        if timeout is not None and time.monotonic() - started > timeout:
+            raise NoFreeGpu(f"no GPU became free within {timeout:g} s ({run_dir})")
+        if not waiting_logged:
+            log(f"waiting for a free GPU: all {len(candidates)} are leased ({run_dir})")
+            waiting_logged = True
+        time.sleep(poll)
+    device, fd = leased
     previous = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-    os.environ["CUDA_VISIBLE_DEVICES"] = device
-    # Number devices as nvidia-smi does (CUDA's default order puts the fastest first).
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    log(f"leased GPU {device} (CUDA_VISIBLE_DEVICES={device})")
     try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        if pci_order:
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        log(f"leased GPU {device} (CUDA_VISIBLE_DEVICES={device})")
         yield device
     finally:
         for name, value in previous.items():
