@@ -1,0 +1,302 @@
+"""Integration: the grid through a real single-node SLURM with profiles/slurm.
+
+tools/slurm-local/start.sh starts munge, slurmctld and slurmd (2 fake GPUs) with a private state
+directory; a 4-cell digits grid then runs once locally and once with
+`snakemake --workflow-profile profiles/slurm` (plus `--slurm-init-seconds-before-status-checks 5`:
+the profile's 40 s first status check suits real jobs, not 10-second ones). The tests check that
+every job went through SLURM with the resources the rules and the profile ask for (the GPU jobs
+with --gpus=1), that the cells' evaluation outputs equal the local run's, that a failing cell is
+reported with its log paths, and that stop.sh stops every daemon start.sh started.
+
+Needs root and the Debian packages munge, slurm-client, slurmctld, slurmd (.ci/run installs
+them): skipped without them, except under CI=true, where that is a failure. Takes ~6-7 min on a
+2-core machine.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import copy_workflow, write_config
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+START = ROOT / "tools" / "slurm-local" / "start.sh"
+STOP = ROOT / "tools" / "slurm-local" / "stop.sh"
+PACKAGES = ("munge", "slurm-client", "slurmctld", "slurmd")
+DAEMONS = ("slurmctld", "slurmd", "munged")
+TIMEOUT_S = 900
+
+# ---- What the test assumes about the workflow; adapt here when rules or paths change. ----------
+CONFIG = {
+    "datasets": {"digits": {"source": "builtin", "name": "digits", "max_per_class": 20}},
+    "grid": {
+        "datasets": ["digits"],
+        "fractions": [1.0],
+        "backbones": [{"name": "resnet18", "weights": ["none"]}],
+        "strategies": ["full", "frozen"],
+        "heads": ["linear"],
+        "seeds": [0, 1],
+    },
+    "split": {"val": 0.25, "test": 0.25, "seed": 0},
+    "train": {"image_size": 32, "epochs": 1, "batch_size": 16, "augment": "none", "device": "cpu"},
+    "resources": {"train_threads": 1, "cache_threads": 1, "train_mem_mb": 1000, "train_runtime": 10},
+}
+CELL_DIR = "results/cells/digits/1.0/resnet18/none/{strategy}/linear/seed{seed}"
+CELLS = [CELL_DIR.format(strategy=s, seed=n) for s in ("full", "frozen") for n in (0, 1)]
+# Files that depend only on the seeds (history.csv and train.json hold wall times).
+EVALUATION_FILES = ("test.json", "predictions.csv", "confusion.csv")
+# SLURM jobs of the grid with profiles/slurm, by their log folder under .snakemake/slurm_logs
+# (rule_<rule> or group_<group>_<rules>): one preparation group, one feature extraction per seed
+# (random init is drawn from the seed), one train+evaluate group per cell, one summary group.
+EXPECTED_SUBMISSIONS = {"group_prep": 1, "rule_extract_features": 2, "group_cell": 4, "group_summary": 1}
+GPU_SUBMISSIONS = {"rule_extract_features", "group_cell"}
+LOCAL_RULES = ["all"]  # the only job the head node runs for this grid
+# The failing cell: a third seed whose training script raises.
+FAILING_CELL = CELL_DIR.format(strategy="full", seed=2)
+FAILING_SCRIPT = "workflow/scripts/train_cell.py"
+FAILING_RULE_LOG = "results/logs/train_cell/digits/1.0/resnet18/none/full/linear/seed2.log"
+FAILING_ERROR = r"Error in (group cell|rule train_cell)"  # Snakemake's heading for the failed job
+# -------------------------------------------------------------------------------------------------
+
+
+def missing_packages() -> list[str]:
+    if not shutil.which("dpkg-query"):
+        return list(PACKAGES)
+    missing = []
+    for package in PACKAGES:
+        status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+        if "install ok installed" not in status.stdout:
+            missing.append(package)
+    return missing
+
+
+def clean_env(**extra) -> dict[str, str]:
+    """No SLURM_* from an enclosing job, no SLURM_CONF: start.sh links its config into /etc/slurm."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def run_snakemake(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """snakemake in workdir, wrapped in `timeout`; returns the result (stdout+stderr) and seconds."""
+    command = ["timeout", str(TIMEOUT_S), sys.executable, "-m", "snakemake", "-s", str(workdir / "Snakefile")]
+    command += ["--directory", str(workdir), *args]
+    started = time.monotonic()
+    result = subprocess.run(
+        command,
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT_S + 60,
+    )
+    return result, time.monotonic() - started
+
+
+def grid_copy(workdir: Path) -> Path:
+    copy_workflow(workdir)
+    shutil.copytree(ROOT / "profiles", workdir / "profiles")
+    write_config(workdir, CONFIG)
+    return workdir
+
+
+def sbatch_calls(output: str) -> list[dict]:
+    """The plugin's `sbatch call:` lines (logged with --verbose): options before --wrap, by name."""
+    calls = []
+    for line in re.findall(r"sbatch call: (sbatch .*)", output):
+        options = shlex.split(line.split(" --wrap=", 1)[0])
+        parsed = {"line": line.split(" --wrap=", 1)[0]}
+        i = 1
+        while i < len(options):
+            option = options[i]
+            if "=" in option:
+                key, value = option.split("=", 1)
+            elif i + 1 < len(options) and not options[i + 1].startswith("-"):
+                key, value = option, options[i + 1]
+                i += 1
+            else:
+                key, value = option, True
+            parsed[key] = value
+            i += 1
+        folder = Path(parsed["--output"]).relative_to(Path(parsed["-D"]) / ".snakemake" / "slurm_logs").parts[0]
+        parsed["kind"] = next((k for k in EXPECTED_SUBMISSIONS if folder == k or folder.startswith(k + "_")), folder)
+        calls.append(parsed)
+    return calls
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, env=clean_env())
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+def minutes(time_limit: str) -> int:
+    """SLURM's [days-]hh:mm:ss as minutes."""
+    days, _, clock = time_limit.rpartition("-")
+    hours, mins, _ = (int(part) for part in clock.split(":"))
+    return int(days or 0) * 1440 + hours * 60 + mins
+
+
+def pids(state: Path) -> dict[str, int]:
+    return {name: int(p.read_text()) for name in DAEMONS if (p := state / "run" / f"{name}.pid").exists()}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_packages()
+    problem = f"Debian packages missing: {' '.join(missing)} (.ci/run installs them)" if missing else None
+    if os.geteuid() != 0:
+        problem = "needs root to run the SLURM daemons"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {problem}")
+        pytest.skip(problem)
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = clean_env(SLURM_LOCAL_DIR=str(state), SLURM_LOCAL_NO_INSTALL="1")
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"\nstart.sh: {seconds:.1f} s")
+    yield {"state": state, "env": env, "pids": pids(state)}
+    subprocess.run(["bash", str(STOP)], env=env, capture_output=True, timeout=120)  # a no-op if stopped
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The same grid without SLURM: the reference outputs (profiles/default applies)."""
+    workdir = grid_copy(tmp_path_factory.mktemp("local"))
+    result, seconds = run_snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:]
+    print(f"\nlocal run: {seconds:.0f} s")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    workdir = grid_copy(tmp_path_factory.mktemp("slurm"))
+    profile = workdir / "profiles" / "slurm"
+    result, seconds = run_snakemake(
+        workdir,
+        "--workflow-profile",
+        str(profile),
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--verbose",
+    )
+    assert result.returncode == 0, result.stdout[-8000:]
+    calls = sbatch_calls(result.stdout)
+    gpu_call = next(call["line"] for call in calls if "--gpus" in call)
+    print(f"\nSLURM run: {seconds:.0f} s, {len(calls)} SLURM jobs; one sbatch call:\n{gpu_call}")
+    return {"workdir": workdir, "output": result.stdout, "calls": calls, "profile": profile}
+
+
+@pytest.fixture(scope="module")
+def failed_run(slurm_run):
+    """A third seed whose training raises, run after the grid in the same directory."""
+    workdir = slurm_run["workdir"]
+    write_config(workdir, {**CONFIG, "grid": {**CONFIG["grid"], "seeds": [0, 1, 2]}})
+    script = workdir / FAILING_SCRIPT
+    script.write_text(
+        "if 'seed2' in str(snakemake.output[0]):\n"
+        "    raise RuntimeError('test_slurm: this cell is made to fail')\n" + script.read_text()
+    )
+    result, _ = run_snakemake(
+        workdir,
+        "--workflow-profile",
+        str(slurm_run["profile"]),
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--retries",
+        "0",
+        f"{FAILING_CELL}/test.json",
+    )
+    return {"workdir": workdir, "result": result}
+
+
+def test_every_job_ran_through_slurm(slurm_run):
+    output, calls = slurm_run["output"], slurm_run["calls"]
+    kinds = {kind: sum(call["kind"] == kind for call in calls) for kind in {call["kind"] for call in calls}}
+    assert kinds == EXPECTED_SUBMISSIONS
+    assert re.findall(r"^localrule (\w+):", output, re.M) == LOCAL_RULES
+    job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", output)
+    assert len(job_ids) == len(calls)
+    # SLURM's own record (finished jobs stay listed for MinJobAge = 600 s).
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    listed = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%i %T"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    ).stdout.split("\n")
+    states = dict(line.split() for line in listed if line.strip())
+    assert states == dict.fromkeys(job_ids, "COMPLETED")
+
+
+def test_submissions_carry_the_requested_resources(slurm_run):
+    profile = yaml.safe_load((slurm_run["profile"] / "config.yaml").read_text())
+    default_runtime = profile["default-resources"]["runtime"]
+    res = CONFIG["resources"]
+    job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", slurm_run["output"])
+    for call in slurm_run["calls"]:
+        assert {"-t", "--mem", "--cpus-per-task", "-p"} <= set(call), call["line"]
+        assert ("--gpus" in call) == (call["kind"] in GPU_SUBMISSIONS), call["line"]
+        if call["kind"] in GPU_SUBMISSIONS:
+            assert call["--gpus"] == "1"
+            assert call["--mem"] == str(res["train_mem_mb"]) and call["--cpus-per-task"] == str(res["train_threads"])
+    by_kind = {call["kind"]: call for call in slurm_run["calls"]}
+    assert by_kind["rule_extract_features"]["-t"] == str(res["train_runtime"])
+    # A group's jobs run one after another: its time limit is the sum of theirs (train + evaluate).
+    assert by_kind["group_cell"]["-t"] == str(res["train_runtime"] + default_runtime)
+    # What SLURM recorded for each job matches what was asked.
+    for job_id, call in zip(job_ids, slurm_run["calls"]):
+        job = scontrol_job(job_id)
+        assert job["JobState"] == "COMPLETED"
+        assert minutes(job["TimeLimit"]) == int(call["-t"])
+        assert job["MinMemoryNode"] == f"{call['--mem']}M"
+        assert ("gpu:1" in job.get("TresPerJob", "")) == (call["kind"] in GPU_SUBMISSIONS)
+
+
+def test_outputs_equal_a_local_run(slurm_run, local_run):
+    for cell in CELLS:
+        for name in EVALUATION_FILES:
+            slurm_file, local_file = slurm_run["workdir"] / cell / name, local_run / cell / name
+            assert slurm_file.read_bytes() == local_file.read_bytes(), f"{cell}/{name} differs"
+    assert (slurm_run["workdir"] / "results" / "report" / "index.html").exists()
+
+
+def test_a_failing_cell_is_reported_with_its_logs(failed_run):
+    result, workdir = failed_run["result"], failed_run["workdir"]
+    assert result.returncode != 0
+    output = result.stdout
+    error = re.search(FAILING_ERROR, output)
+    assert error, output[-3000:]
+    report = output[error.start() :]
+    # The report names the rule's log and the SLURM job's log; the latter holds the traceback.
+    assert FAILING_RULE_LOG in report
+    slurm_log = re.search(r"log: (\S+/\.snakemake/slurm_logs/\S+\.log)", report).group(1)
+    assert "made to fail" in Path(slurm_log).read_text()
+    job_id = Path(slurm_log).stem
+    assert scontrol_job(job_id)["JobState"] == "FAILED"
+    assert not (workdir / FAILING_CELL / "test.json").exists()
+
+
+def test_stop_stops_every_daemon_start_started(cluster, slurm_run, failed_run):
+    started = cluster["pids"]
+    assert {"slurmctld", "slurmd"} <= set(started)
+    result = subprocess.run(["bash", str(STOP)], env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name, pid in started.items():
+        assert f"stopped {name} ({pid})" in result.stdout
+        assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still runs"
+    assert not pids(cluster["state"])
+    for name in ("slurm.conf", "gres.conf"):
+        assert not Path(f"/etc/slurm/{name}").is_symlink()
