@@ -1,5 +1,6 @@
 """run_job: bad input is one line in the log and on stderr; a bug leaves its whole traceback in the log."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -63,3 +64,31 @@ def test_output_of_a_successful_job_goes_to_the_log(tmp_path, capsys):
     run_job(_job(tmp_path), main)
     assert (tmp_path / "job.log").read_text() == "from print\nfrom log\n"
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_gpu_job_leases_a_device_for_its_lifetime(tmp_path, monkeypatch):
+    """A job with `resources: gpu` runs with CUDA_VISIBLE_DEVICES pointing at the GPU it leased; a
+    second job meanwhile gets another one (simulated devices: no GPU needed)."""
+    import transfergrid.jobs as jobs
+    from transfergrid import gpus
+
+    monkeypatch.setattr(jobs, "DEFAULT_LEASE_DIR", tmp_path / "leases")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen = []
+
+    def job(name):
+        return SimpleNamespace(
+            log=[str(tmp_path / f"{name}.log")],
+            rule=name,
+            resources=SimpleNamespace(gpu=1),
+            config={"resources": {"gpu_devices": [0, 1]}},
+        )
+
+    with gpus.lease_gpu(tmp_path / "leases", devices=[0]):  # GPU 0 is taken by another job
+        os.environ.pop("CUDA_VISIBLE_DEVICES")
+        run_job(job("outer"), lambda smk, log: seen.append(os.environ["CUDA_VISIBLE_DEVICES"]))
+    assert seen == ["1"]
+    assert "leased GPU 1" in (tmp_path / "outer.log").read_text()
+    run_job(SimpleNamespace(log=[str(tmp_path / "cpu.log")], rule="cpu"), lambda smk, log: seen.append(None))
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -1,6 +1,10 @@
 # Gather every cell into one table: one row per cell, every grid coordinate a column.
 
 
+localrules:
+    aggregate,
+
+
 rule aggregate:
     input:
         selections=cell_files("selection.json"),

@@ -2,6 +2,10 @@
 # the report and nothing else.
 
 
+localrules:
+    report,
+
+
 rule report:
     input:
         summary="results/summary.csv",

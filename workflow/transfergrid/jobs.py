@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable
 
 from .errors import TransferGridError
+from .gpus import DEFAULT_LEASE_DIR, lease_gpu
 
 
 def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
@@ -25,7 +26,8 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
             print(message, file=log_file, flush=True)
 
         try:
-            main(smk, log)
+            with gpu_lease(smk, log):
+                main(smk, log)
         except TransferGridError as error:
             log(f"error: {error}")
             print(f"transfergrid error in rule {smk.rule}: {error}", file=console)
@@ -33,6 +35,15 @@ def run_job(smk, main: Callable[[object, Callable[[str], None]], None]) -> None:
         except Exception:
             log(f"unexpected error in rule {smk.rule}:\n{traceback.format_exc()}")
             raise
+
+
+def gpu_lease(smk, log):
+    """A job that requests a GPU (``resources: gpu``) holds one of the machine's GPUs for its
+    lifetime (``gpus.lease_gpu``): concurrent jobs land on different GPUs. Other jobs hold none."""
+    if not int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0):
+        return contextlib.nullcontext()
+    devices = ((getattr(smk, "config", None) or {}).get("resources") or {}).get("gpu_devices")
+    return lease_gpu(DEFAULT_LEASE_DIR, devices=devices, log=log)
 
 
 def export_package_path(workflow_dir) -> None:
