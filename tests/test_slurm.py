@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from test_workflow import copy_workflow, write_config
 
 pytestmark = pytest.mark.e2e
@@ -221,9 +220,9 @@ def failed_run(slurm_run):
         str(slurm_run["profile"]),
         "--slurm-init-seconds-before-status-checks",
         "5",
+        *GPU_REQUEST,  # before the next option: --set-resources takes every word up to it
         "--retries",
         "0",
-        *GPU_REQUEST,
         f"{FAILING_CELL}/test.json",
     )
     return {"workdir": workdir, "result": result}
@@ -249,8 +248,6 @@ def test_every_job_ran_through_slurm(slurm_run):
 
 
 def test_submissions_carry_the_requested_resources(slurm_run):
-    profile = yaml.safe_load((slurm_run["profile"] / "config.yaml").read_text())
-    default_runtime = profile["default-resources"]["runtime"]
     res = CONFIG["resources"]
     job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", slurm_run["output"])
     for call in slurm_run["calls"]:
@@ -264,10 +261,14 @@ def test_submissions_carry_the_requested_resources(slurm_run):
     # extraction + fitting + evaluation), each a compute job with the configured runtime.
     assert by_kind["group_cell"]["-t"] == str(2 * res["train_runtime"])
     assert by_kind["group_frozen"]["-t"] == str(3 * res["train_runtime"])
-    assert default_runtime
-    # What SLURM recorded for each job matches what was asked.
-    for job_id, call in zip(job_ids, slurm_run["calls"]):
+    # What SLURM recorded for each job matches what was asked (submissions run in parallel, so a
+    # job is paired with a call of the same comment, i.e. the same rule or group).
+    calls_by_comment = {}
+    for call in slurm_run["calls"]:
+        calls_by_comment.setdefault(call["--comment"], []).append(call)
+    for job_id in job_ids:
         job = scontrol_job(job_id)
+        call = calls_by_comment[job["Comment"]].pop()
         assert job["JobState"] == "COMPLETED"
         assert minutes(job["TimeLimit"]) == int(call["-t"])
         assert job["MinMemoryNode"] == f"{call['--mem']}M"

@@ -20,6 +20,7 @@ from transfergrid.grid import (
     lr_candidates,
     pretrain_job,
 )
+from transfergrid.failures import print_failures
 from transfergrid.jobs import export_package_path
 from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
 
@@ -42,6 +43,11 @@ COMPUTE_RESOURCES = {
     "gpu": 1 if config["train"]["device"] == "cuda" else 0,
 }
 COMPUTE_THREADS = config["resources"]["train_threads"]
+
+
+onerror:
+    # After a failed run (with --keep-going, after every job that could run), one line per failure.
+    print_failures(log)
 
 
 wildcard_constraints:
@@ -179,6 +185,11 @@ def frozen_evaluation_inputs(wildcards):
 def cell_files(name):
     """One file of every cell of the grid."""
     return [f"{cell.path}/{name}" for cell in CELLS]
+
+
+def checkpoint_path(job_path):
+    """Where a training job checkpoints every epoch: under results/checkpoints/, never an output."""
+    return f"results/checkpoints/{job_path.removeprefix('results/cells/')}.pt"
 
 
 def package_source(module):

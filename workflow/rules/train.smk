@@ -23,5 +23,7 @@ rule train_candidate:
         **COMPUTE_RESOURCES,
     params:
         cell=candidate_params,
+        # Resumable state, written every epoch where Snakemake does not delete it (not an output).
+        checkpoint=lambda wildcards: checkpoint_path(cell_from(wildcards).candidate_path(wildcards.lr)),
     script:
         "../scripts/train_candidate.py"

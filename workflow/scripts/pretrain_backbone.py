@@ -14,6 +14,7 @@ def main(smk, log):
         Path(smk.output.weights),
         smk.threads,
         log,
+        checkpoint_path=Path(smk.params.checkpoint),
     )
 
 

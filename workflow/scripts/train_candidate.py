@@ -12,7 +12,14 @@ def main(smk, log):
         cache=Path(smk.input.cache),
         weights=Path(smk.input.weights) if smk.input.weights else None,
     )
-    train_candidate(CellSettings.from_dict(smk.params.cell), inputs, Path(smk.output.model).parent, smk.threads, log)
+    train_candidate(
+        CellSettings.from_dict(smk.params.cell),
+        inputs,
+        Path(smk.output.model).parent,
+        smk.threads,
+        log,
+        checkpoint_path=Path(smk.params.checkpoint),
+    )
 
 
 run_job(snakemake, main)

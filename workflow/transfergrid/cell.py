@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .batches import make_batches
+from .checkpoint import Checkpoint
 from .errors import DivergedError, TransferGridError
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
@@ -36,6 +37,7 @@ HISTORY_COLUMNS = (
     "val_acc",
     "lr",
     "seconds",
+    "train_seconds",
     "trainable_params",
     "optimizer_params",
 )
@@ -56,9 +58,15 @@ class CandidateResult:
 
 
 def train_candidate(
-    settings: CellSettings, inputs: CellInputs, out_dir: Path, threads: int = 1, log: Log = print
+    settings: CellSettings,
+    inputs: CellInputs,
+    out_dir: Path,
+    threads: int = 1,
+    log: Log = print,
+    checkpoint_path: Path | None = None,
 ) -> CandidateResult:
-    """Train one candidate through the network and write its directory."""
+    """Train one candidate through the network and write its directory. With a checkpoint path,
+    the fit is saved every epoch, resumed when the job runs again, and removed at the end."""
     device = prepare_job(threads, settings.device, settings.seed)
     split = read_split(inputs.split)
     classes = read_json(inputs.classes)["classes"]
@@ -71,6 +79,7 @@ def train_candidate(
         model.forward = torch.compile(model.forward)
     strategy = parse_strategy(settings.strategy, settings.strategy_options)
     images, labels = load_cache(inputs.cache)
+    checkpoint = Checkpoint(Path(checkpoint_path), settings.to_dict()) if checkpoint_path else None
     started = time.perf_counter()
     try:
         result = fit(
@@ -80,6 +89,7 @@ def train_candidate(
             make_batches(settings, images, labels, rows["val"], device, False),
             settings,
             log,
+            checkpoint,
         )
     except DivergedError as diverged:
         result = diverged
@@ -92,7 +102,10 @@ def train_candidate(
         "wall_seconds": time.perf_counter() - started,
         "device": str(device),
     }
-    return record_candidate(out_dir, settings, classes, result, info, head_only=False, log=log)
+    recorded = record_candidate(out_dir, settings, classes, result, info, head_only=False, log=log)
+    if checkpoint is not None:
+        checkpoint.remove()
+    return recorded
 
 
 def check_finite_state(state: dict) -> None:

@@ -100,6 +100,7 @@ def fit_head_in_closed_form(
             "val_acc": scores["val"][1],
             "lr": 0.0,
             "seconds": 0.0,
+            "train_seconds": 0.0,
             "trainable_params": model.parameter_counts()["trainable_params"],
             "optimizer_params": 0,
         }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .checkpoint import Checkpoint, failpoint, random_states, restore_random_states
 from .errors import DivergedError
 from .heads import make_loss
 from .model import AUX_LOSS_WEIGHT
@@ -35,7 +36,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, precision: str = "fp32"
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    precision: str = "fp32",
+    epoch: int = 0,
 ) -> tuple[float, float, int]:
     """(mean training loss, training accuracy, number of class scores) of one epoch."""
     model.train()
@@ -54,6 +60,7 @@ def train_one_epoch(
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
+        failpoint("mid_epoch", epoch)
     return total_loss / seen, correct / seen, logits.shape[1]
 
 
@@ -108,22 +115,37 @@ def fit(
     val_batches: Batches,
     settings: CellSettings,
     log: Log = print,
+    checkpoint: Checkpoint | None = None,
 ) -> FitResult:
     """Train for the configured epochs; keep the weights of the best validation epoch.
 
     ``model`` is a TransferModel or anything with ``apply_phase`` and ``parameter_counts`` (a head
     on cached features); the batches are any iterables of (inputs, labels). Raises DivergedError
-    as soon as an epoch's training loss diverges.
+    as soon as an epoch's training loss diverges. With a ``checkpoint``, the fit's state is saved
+    after every epoch and a saved state of the same settings is resumed.
     """
     loss_fn = make_loss(settings.head, settings.label_smoothing)
     # Heads on cached features are tiny: they stay in float32 whatever the setting.
     precision = resolve_precision(settings.precision, model_device(model)) if hasattr(model, "backbone") else "fp32"
     num_stages = getattr(model, "num_stages", 0)
     base_lr, patience = settings.optimizer.lr, settings.early_stopping_patience
+    generator = getattr(train_batches, "generator", None)
     phase: Phase | None = None
     history, best = [], None
     best_acc, best_loss = -1.0, math.inf
-    for epoch in range(settings.epochs):
+    first_epoch = 0
+    saved = checkpoint.load(log) if checkpoint else None
+    if saved is not None:
+        first_epoch, history = saved["epoch"], saved["history"]
+        best, best_acc, best_loss = (saved["best_epoch"], saved["best_state"]), saved["best_acc"], saved["best_loss"]
+        phase = strategy.phase(first_epoch - 1, num_stages)
+        model.apply_phase(phase)
+        model.load_state_dict(saved["model"])
+        optimizer = build_optimizer(model, settings, base_lr)
+        optimizer.load_state_dict(saved["optimizer"])
+        restore_random_states(saved["random"], generator)
+        log(f"resumed from epoch {first_epoch} ({checkpoint.path})")
+    for epoch in range(first_epoch, settings.epochs):
         next_phase = strategy.phase(epoch, num_stages)
         if next_phase != phase:  # a new phase changes what trains, so the optimizer starts afresh
             phase = next_phase
@@ -133,7 +155,10 @@ def fit(
         lr = (phase.lr or base_lr) * lr_factor(settings.schedule, epoch, settings.epochs)
         set_learning_rate(optimizer, lr)
         started = time.perf_counter()
-        train_loss, train_acc, num_classes = train_one_epoch(model, train_batches, optimizer, loss_fn, precision)
+        train_loss, train_acc, num_classes = train_one_epoch(
+            model, train_batches, optimizer, loss_fn, precision, epoch=epoch + 1
+        )
+        train_seconds = time.perf_counter() - started
         check_divergence(epoch + 1, train_loss, uniform_loss(loss_fn, num_classes))
         val_loss, val_acc = evaluate(model, val_batches, loss_fn, precision)
         row = {
@@ -145,6 +170,7 @@ def fit(
             "val_acc": val_acc,
             "lr": lr,
             "seconds": time.perf_counter() - started,
+            "train_seconds": train_seconds,
             "trainable_params": model.parameter_counts()["trainable_params"],
             "optimizer_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
         }
@@ -155,8 +181,23 @@ def fit(
         )
         if _is_better(val_acc, val_loss, best_acc, best_loss):
             best_acc, best_loss = val_acc, val_loss
-            best = (epoch + 1, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+            best = (epoch + 1, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
         elif patience and epoch + 1 - best[0] >= patience:
             log(f"early stop: no better validation accuracy for {patience} epochs")
             break
+        if checkpoint is not None and epoch + 1 < settings.epochs:
+            checkpoint.save(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "best_epoch": best[0],
+                    "best_state": best[1],
+                    "best_acc": best_acc,
+                    "best_loss": best_loss,
+                    "random": random_states(generator),
+                }
+            )
+            failpoint("epoch_end", epoch + 1)
     return FitResult(history, best[1], best[0], best_acc, best_loss, model.parameter_counts(), precision)

