@@ -185,7 +185,7 @@ def run_tutorial(photos: Path, recipe: str, epochs: int, device) -> pd.DataFrame
 # transfergrid
 
 
-def transfergrid_config(photos: Path, recipe: str, epochs: int) -> dict:
+def transfergrid_config(photos: Path, recipe: str, epochs: int, compile: bool = False) -> dict:
     return {
         "datasets": {"photos": {"source": "folder", "path": str(photos)}},
         "grid": {
@@ -200,13 +200,14 @@ def transfergrid_config(photos: Path, recipe: str, epochs: int) -> dict:
             "epochs": epochs,
             "batch_size": 32,
             "augment": "standard" if recipe == "full" else "none",
+            "compile": compile,
         },
         "resources": {"train_threads": os.cpu_count(), "cache_threads": os.cpu_count()},
     }
 
 
-def run_transfergrid(photos: Path, recipe: str, epochs: int, workdir: Path) -> pd.DataFrame:
-    seconds, workdir = run_grid(transfergrid_config(photos, recipe, epochs), keep=workdir)
+def run_transfergrid(photos: Path, recipe: str, epochs: int, workdir: Path, compile: bool = False) -> pd.DataFrame:
+    seconds, workdir = run_grid(transfergrid_config(photos, recipe, epochs, compile), keep=workdir)
     summary = pd.read_csv(workdir / "results" / "summary.csv")
     history = pd.read_csv(Path(workdir) / summary.candidate_dir.iloc[0] / "history.csv")
     history.attrs.update(wall=seconds, num_train=int(summary.num_train.iloc[0]), val_acc=summary.val_acc.iloc[0])
@@ -229,13 +230,13 @@ def busy_neighbour() -> multiprocessing.Process:
     return process
 
 
-def report(name: str, tutorial: pd.DataFrame, grid: pd.DataFrame) -> None:
+def report(name: str, tutorial: pd.DataFrame, grid: pd.DataFrame, label: str = "transfergrid") -> None:
     t_train = tutorial.train_images.sum() / tutorial.train_seconds.sum()
     g_train = grid.attrs["num_train"] * len(grid) / grid.train_seconds.sum()
     t_epoch = (tutorial.train_seconds + tutorial.val_seconds).mean()
     g_epoch = grid.seconds.mean()
     print(f"\n== {name}: {len(tutorial)} epochs ==")
-    print(f"{'':28}{'tutorial (batch 4)':>20}{'transfergrid':>16}{'ratio':>8}")
+    print(f"{'':28}{'tutorial (batch 4)':>20}{label:>16}{'ratio':>8}")
     print(f"{'train images/s':28}{t_train:20.1f}{g_train:16.1f}{g_train / t_train:7.2f}x")
     print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:16.1f}{t_epoch / g_epoch:7.2f}x")
     print(
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--frozen-epochs", type=int, default=25)
     parser.add_argument("--contention", action="store_true")
     parser.add_argument("--only", choices=["full", "frozen"])
+    parser.add_argument("--compile", action="store_true", help="fine-tune once more with train.compile: true")
     args = parser.parse_args()
     if not FASHION.is_dir():
         raise SystemExit(f"needs {FASHION}: apt-get install dataset-fashion-mnist")
@@ -275,6 +277,10 @@ def main() -> None:
             print(f"{name}: transfergrid")
             grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}")
             report(name, tutorial, grid)
+            if args.compile and recipe == "full":
+                print(f"{name}: transfergrid with train.compile: true")
+                compiled = run_transfergrid(photos, recipe, epochs, scratch / "grid-compiled", compile=True)
+                report(name, tutorial, compiled, "tg + compile")
     finally:
         if neighbour is not None:
             neighbour.terminate()

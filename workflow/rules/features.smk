@@ -21,7 +21,7 @@ rule extract_features:
         weights=weight_source,
         init_seed=lambda wildcards: int(wildcards.init[4:]) if wildcards.init.startswith("seed") else 0,
         device=config["train"]["device"],
-        batch_size=max(config["train"]["batch_size"], 128),
+        batch_size=config["train"]["batch_size"],
         precision=config["train"]["precision"],
         channels_last=config["train"]["channels_last"],
     script:

@@ -13,7 +13,9 @@ from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
 from .heads import HEADS
 from .settings import CellSettings
 
-EVAL_BATCH_SIZE = 128
+# A GPU evaluates faster in large batches; a CPU does not (batch 32 ran 1.3x faster than 128 for
+# tf_efficientnet_lite0 at 224 px here: the activations of a small batch stay in cache).
+GPU_EVAL_BATCH_SIZE = 256
 
 
 def batch_starts(count: int, batch_size: int, drop_last: bool) -> range:
@@ -124,13 +126,13 @@ class FeatureBatches:
 
 
 def make_batches(settings: CellSettings, images, labels, rows, device, train: bool) -> TensorBatches:
-    """The image batches a cell trains (shuffled, augmented, seeded) or evaluates on (in row order,
-    in larger batches: inference keeps no activations for a backward pass)."""
+    """The image batches a cell trains (shuffled, augmented, seeded) or evaluates on (in row order;
+    larger batches on a GPU)."""
     return TensorBatches(
         images,
         labels,
         rows,
-        settings.batch_size if train else max(settings.batch_size, EVAL_BATCH_SIZE),
+        settings.batch_size if train or device.type != "cuda" else max(settings.batch_size, GPU_EVAL_BATCH_SIZE),
         device,
         native_preprocessing(resolve_backbone(settings.backbone), settings.weights),
         augment=settings.augment if train else "none",

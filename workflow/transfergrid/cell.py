@@ -23,7 +23,7 @@ from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
 from .loop import FitResult, Log, fit
 from .model import build_model
-from .runtime import prepare_job
+from .runtime import apply_precision, prepare_job, resolve_precision
 from .settings import CellSettings, write_settings
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -74,6 +74,7 @@ def train_candidate(
     log(f"cell {settings.to_dict()}; device {device}; {len(rows['train'])} train / {len(rows['val'])} val images")
 
     model = build_model(settings, len(classes), inputs.weights).to(device)
+    apply_precision(model, resolve_precision(settings.precision, device), device)
     if settings.compile:
         # The forward alone: the module and its state-dict keys stay as they are.
         model.forward = torch.compile(model.forward)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
-from .batches import TensorBatches
+from .batches import GPU_EVAL_BATCH_SIZE, TensorBatches
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
@@ -107,6 +107,8 @@ def build_feature_cache(
 ) -> dict:
     """Extract pooled and spatial features of every row of the image cache and write them atomically."""
     torch_device = prepare_job(threads, device)
+    if torch_device.type == "cuda":
+        batch_size = max(batch_size, GPU_EVAL_BATCH_SIZE)
     net = source.build()
     images, labels = load_cache(image_cache)
     started = time.perf_counter()

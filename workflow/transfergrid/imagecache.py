@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from .io import atomic_path, read_manifest
+
+if TYPE_CHECKING:
+    import torch
 
 # PIL modes with more than 8 bits per sample: 16-bit and 32-bit integers, 32-bit floats.
 WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -148,7 +151,11 @@ class ImageCache:
         self.row_bytes = int(np.prod(shape[1:]))
         self._fd = os.open(self.path, os.O_RDONLY)
 
-    dtype = torch.uint8
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.uint8
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -158,6 +165,8 @@ class ImageCache:
             yield self[row]
 
     def __getitem__(self, rows) -> torch.Tensor:
+        import torch  # here, not at the top: the jobs that build caches never need torch
+
         if isinstance(rows, (int, np.integer)):
             return self[[rows]][0]
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -179,6 +188,8 @@ class ImageCache:
 
 def load_cache(path: Path) -> tuple[ImageCache, torch.Tensor]:
     """The image rows (read on demand) and the labels of a cache written by ``build_cache``."""
+    import torch
+
     return ImageCache(path), torch.from_numpy(np.load(labels_path(path), allow_pickle=False))
 
 

@@ -17,7 +17,7 @@ from .io import read_json
 from .loop import fit
 from .model import build_model
 from .naming import PRETRAIN_PREFIX
-from .runtime import prepare_job
+from .runtime import apply_precision, prepare_job, resolve_precision
 from .settings import PretrainJob
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -77,6 +77,7 @@ def pretrain_backbone(
     )
 
     model = build_model(settings, len(keep), None).to(device)
+    apply_precision(model, resolve_precision(settings.precision, device), device)
     checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict()) if checkpoint_path else None
     result = fit(
         model,

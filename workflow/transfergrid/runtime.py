@@ -62,3 +62,37 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def float32_depthwise_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """Run the depthwise convolutions of ``model`` in float32 under a CPU bf16 autocast.
+
+    oneDNN has no fast bf16 kernel for strided depthwise convolutions: measured here (2-core AVX-512
+    BF16 CPU, batch 32) their backward pass takes 15x longer in bf16 than in fp32 (248 ms against
+    16 ms for a 5x5 stride-2 layer of tf_efficientnet_lite0), which made bf16 slower than fp32 for
+    the whole network. With them in float32 and the dense layers in bf16 a training step is 1.8x
+    faster than plain fp32 (18.7 against 10.6 images/s). Inference keeps them in bf16, its fast
+    path (94 images/s against 48). The module's parameters and state-dict keys are unchanged: only
+    its forward runs outside the autocast when gradients are being recorded.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            module.forward = _float32_forward(module.forward)
+    return model
+
+
+def _float32_forward(forward):
+    def float32_forward(x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # inference has no backward pass: bf16 is the fast path there
+            return forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return forward(x.float())
+
+    return float32_forward
+
+
+def apply_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
+    """What a precision needs of the model itself (see ``float32_depthwise_convolutions``)."""
+    if precision == "bf16" and device.type == "cpu":
+        float32_depthwise_convolutions(model)
+    return model
