@@ -3,13 +3,16 @@
 Whatever the source, ``build_dataset`` leaves in ``out_dir``:
 
 * ``manifest.csv`` -- one row per image: ``path`` (relative to out_dir when under it, else
-  absolute), ``label`` (index into the sorted class list), ``class_name``, ``split``
+  absolute), ``label`` (index into classes.json's class list), ``class_name``, ``split``
   (``train``/``val``/``test`` for pre-split sources, else empty);
-* ``classes.json`` -- classes, counts, whether pre-split, channels, skipped corrupt files;
+* ``classes.json`` -- classes (sorted, or the ``classes`` subset in its given order), counts,
+  whether pre-split, channels, skipped corrupt files;
 * ``images/`` -- PNGs materialised by builtin/torchvision sources, the extracted archive of a
   url source, empty for a folder source (its images are referenced in place).
 
 Every listed image has been opened and fully decoded, so training never meets a corrupt file.
+A ``classes`` subset (names or label indices, ``common.choose_classes``) applies to every source
+kind before ``max_per_class``; the classes left out are never read or written.
 One module per source kind (folder, archive for url, builtin, torchvision_datasets, and memory
 for writing in-memory images); common holds what they share, checks decodes every image and
 writes the outputs.
@@ -24,7 +27,17 @@ from ..errors import ConfigError
 from .archive import collect_url, extraction_limits
 from .builtin import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_DIR, collect_builtin, read_idx
 from .checks import finalise
-from .common import GRAYSCALE_MODES, IMAGE_EXTENSIONS, SOURCE_KINDS, SPLITS, Collected, ImageRecord, parse_options
+from .common import (
+    GRAYSCALE_MODES,
+    IMAGE_EXTENSIONS,
+    SOURCE_KINDS,
+    SPLITS,
+    Collected,
+    ImageRecord,
+    choose_classes,
+    images_under,
+    parse_options,
+)
 from .folder import collect_folder
 from .memory import InMemorySource, InMemorySplit, as_uint8_image
 from .torchvision_datasets import collect_torchvision
@@ -43,7 +56,9 @@ __all__ = [
     "InMemorySplit",
     "as_uint8_image",
     "build_dataset",
+    "choose_classes",
     "extraction_limits",
+    "images_under",
     "read_idx",
 ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..archives import LIMIT_FIELDS, ExtractionLimits, safe_extract
 from ..downloads import download
 from ..errors import ConfigError, DataError
-from .common import Collected, Options, is_ignored, is_image_file, required_key, visible_subdirs
+from .common import Collected, Options, class_choice, is_ignored, is_image_file, required_key, visible_subdirs
 from .folder import collect_folder_tree, subsample_files
 
 
@@ -54,4 +54,5 @@ def collect_url(name: str, spec: dict, out_dir: Path, archive: Path | None, opti
         archive = download(url, spec.get("sha256"), out_dir / "download" / filename, log=log)
     extracted = safe_extract(archive, out_dir / "images", limits)
     log(f"{name}: extracted {archive} into {extracted}")
-    return subsample_files(collect_folder_tree(_archive_root(name, extracted, spec.get("subdir"))), options)
+    root = _archive_root(name, extracted, spec.get("subdir"))
+    return subsample_files(collect_folder_tree(root, class_choice(name, options)), options)

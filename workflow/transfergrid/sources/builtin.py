@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .common import Collected, Options, required_key
+from .common import Collected, Options, class_choice, required_key
 from .memory import InMemorySource, InMemorySplit, collect_in_memory
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -77,4 +77,4 @@ def collect_builtin(name: str, spec: dict, out_dir: Path, archive: Path | None, 
         raise DataError(
             f"datasets.{name}.name: unknown builtin dataset {builtin!r}; valid: {', '.join(sorted(BUILTIN_DATASETS))}"
         )
-    return collect_in_memory(loader(spec), out_dir, options)
+    return collect_in_memory(loader(spec), out_dir, options, class_choice(name, options))

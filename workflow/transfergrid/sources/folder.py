@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import DataError
@@ -10,27 +9,20 @@ from ..io import atomic_path
 from .common import (
     IMAGE_EXTENSIONS,
     SPLITS,
+    ClassChoice,
     Collected,
     ImageRecord,
     Options,
-    is_ignored,
-    is_image_file,
+    class_choice,
+    images_under,
     limit_per_class,
     required_key,
     visible_subdirs,
 )
 
 
-def _images_in_class_dir(class_dir: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        found.extend(Path(dirpath, f) for f in sorted(filenames) if is_image_file(Path(f)))
-    return found
-
-
 def _class_dir_records(class_dir: Path, split: str) -> list[ImageRecord]:
-    images = _images_in_class_dir(class_dir)
+    images = images_under(class_dir)
     if not images:
         raise DataError(
             f"class directory {class_dir} holds no images (accepted: {', '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -45,7 +37,7 @@ def _is_presplit(root: Path, top_dirs: list[Path]) -> bool:
     return names <= set(SPLITS)
 
 
-def _presplit_records(root: Path, split_dirs: list[Path]) -> tuple[list[ImageRecord], list[str]]:
+def _presplit_records(root: Path, split_dirs: list[Path], choose: ClassChoice) -> tuple[list[ImageRecord], list[str]]:
     class_dirs = {d.name: visible_subdirs(d) for d in split_dirs}
     for split, dirs in class_dirs.items():
         if not dirs:
@@ -55,30 +47,37 @@ def _presplit_records(root: Path, split_dirs: list[Path]) -> tuple[list[ImageRec
         unknown = sorted({d.name for d in dirs} - train_classes)
         if unknown:
             raise DataError(f"classes {unknown} in {root / split} have no images in {root / 'train'}")
+    classes = choose(sorted(train_classes))
     records = [
         record
         for split in SPLITS
         for class_dir in class_dirs.get(split, [])
+        if class_dir.name in classes
         for record in _class_dir_records(class_dir, split)
     ]
-    return records, sorted(train_classes)
+    return records, classes
 
 
-def collect_folder_tree(root: Path) -> Collected:
-    """ImageFolder layout: ``class/*`` or pre-split ``train|val|test/class/*``."""
+def collect_folder_tree(root: Path, choose: ClassChoice = list) -> Collected:
+    """ImageFolder layout: ``class/*`` or pre-split ``train|val|test/class/*``. ``choose`` takes
+    the sorted class list to the classes kept, in label order; the folders of the others are not read."""
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist or is not a directory")
     top_dirs = visible_subdirs(root)
     if not top_dirs:
         raise DataError(f"dataset folder {root} holds no class subdirectories")
     if _is_presplit(root, top_dirs):
-        records, classes = _presplit_records(root, top_dirs)
+        records, classes = _presplit_records(root, top_dirs, choose)
         return Collected(records, classes, presplit=True)
-    records = [record for class_dir in top_dirs for record in _class_dir_records(class_dir, "")]
-    return Collected(records, [d.name for d in top_dirs], presplit=False)
+    classes = choose([d.name for d in top_dirs])
+    records = [
+        record for class_dir in top_dirs if class_dir.name in classes for record in _class_dir_records(class_dir, "")
+    ]
+    return Collected(records, classes, presplit=False)
 
 
 def subsample_files(collected: Collected, options: Options) -> Collected:
+    """``max_per_class`` on the classes collected (after the ``classes`` subset)."""
     collected.records = limit_per_class(
         collected.records, lambda r: (r.split, r.class_name), options.max_per_class, options.seed
     )
@@ -92,6 +91,6 @@ def _empty_images_dir(out_dir: Path) -> None:
 
 def collect_folder(name: str, spec: dict, out_dir: Path, archive: Path | None, options: Options, log) -> Collected:
     root = Path(required_key(name, spec, "path")).expanduser().absolute()
-    collected = collect_folder_tree(root)
+    collected = collect_folder_tree(root, class_choice(name, options))
     _empty_images_dir(out_dir)
     return subsample_files(collected, options)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..imagecache import as_8bit, scale_to_uint8
 from ..io import atomic_path
-from .common import GRAYSCALE_MODES, Collected, ImageRecord, Options, limit_per_class
+from .common import GRAYSCALE_MODES, ClassChoice, Collected, ImageRecord, Options, limit_per_class
 
 
 @dataclass
@@ -61,8 +61,9 @@ def _class_dir_names(class_names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def _materialise(source: InMemorySource, images_dir: Path, options: Options) -> list[ImageRecord]:
-    """Write the (subsampled) images as PNGs under images/<split-or-all>/<class>/<index>.png.
+def _materialise(source: InMemorySource, images_dir: Path, options: Options, keep: set[str]) -> list[ImageRecord]:
+    """Write the images of the classes in ``keep`` (subsampled: max_per_class) as PNGs under
+    images/<split-or-all>/<class>/<index>.png; the other classes' images are never decoded.
 
     Written into a temporary directory renamed at the end, so a killed job leaves no half tree.
     """
@@ -73,7 +74,7 @@ def _materialise(source: InMemorySource, images_dir: Path, options: Options) -> 
         for part in source.splits:
             names = [source.class_names[int(label)] for label in part.labels]
             indices = limit_per_class(
-                range(len(names)),
+                [i for i, class_name in enumerate(names) if class_name in keep],
                 lambda i, split=part.split, names=names: (split, names[i]),
                 options.max_per_class,
                 options.seed,
@@ -86,6 +87,8 @@ def _materialise(source: InMemorySource, images_dir: Path, options: Options) -> 
     return [ImageRecord(images_dir / relative, cls, split) for relative, cls, split in written]
 
 
-def collect_in_memory(source: InMemorySource, out_dir: Path, options: Options) -> Collected:
-    records = _materialise(source, out_dir / "images", options)
-    return Collected(records, sorted(set(source.class_names.values())), presplit=source.presplit)
+def collect_in_memory(source: InMemorySource, out_dir: Path, options: Options, choose: ClassChoice = list) -> Collected:
+    """``choose`` takes the sorted class list to the classes kept, in label order."""
+    classes = choose(sorted(set(source.class_names.values())))
+    records = _materialise(source, out_dir / "images", options, set(classes))
+    return Collected(records, classes, presplit=source.presplit)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, one_line
-from .common import Collected, Options, required_key
+from .common import Collected, Options, class_choice, required_key
 from .memory import InMemorySource, InMemorySplit, collect_in_memory
 
 # Tried in order for classes that take ``split=``; "train" is required, the others optional.
@@ -95,4 +95,4 @@ def _load_torchvision(name: str, spec: dict, out_dir: Path) -> InMemorySource:
 
 
 def collect_torchvision(name: str, spec: dict, out_dir: Path, archive: Path | None, options: Options, log) -> Collected:
-    return collect_in_memory(_load_torchvision(name, spec, out_dir), out_dir, options)
+    return collect_in_memory(_load_torchvision(name, spec, out_dir), out_dir, options, class_choice(name, options))
