@@ -365,10 +365,9 @@ def test_a_cell_of_another_dataset_or_of_changed_classes_is_refused(in_project, 
 
 def test_missing_summary_or_dataset_and_cell_are_named(project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    images = str(project["root"] / "source" / "dark")
     shutil.copytree(project["root"] / "results" / "datasets", tmp_path / "results" / "datasets")
-    fails_with(["predict", "--dataset", "tiny", "x.png"], capsys, "there is no results/summary.csv")
+    fails_with(["predict", "--dataset", "tiny", images], capsys, "there is no results/summary.csv")
     write_summary(tmp_path, [{"dataset": "else", "cell_dir": "c", "val_acc": 1.0}])
-    fails_with(
-        ["predict", "--dataset", "tiny", "x.png"], capsys, "holds no cell of dataset 'tiny' (its datasets: else)"
-    )
-    fails_with(["predict", "x.png"], capsys, "name the dataset (--dataset) or a cell (--cell)")
+    fails_with(["predict", "--dataset", "tiny", images], capsys, "holds no cell of dataset 'tiny' (its datasets: else)")
+    fails_with(["predict", images], capsys, "name the dataset (--dataset) or a cell (--cell)")

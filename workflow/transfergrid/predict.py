@@ -264,6 +264,7 @@ def predict_images(
     cell) on the image files and folders ``inputs``."""
     if dataset is None and cell is None:
         raise TransferGridError("name the dataset (--dataset) or a cell (--cell)")
+    paths = find_images(inputs)  # bad input fails before a model is loaded
     info = dataset_info(dataset, project) if dataset is not None else None
     candidate = resolve_candidate(Path(cell) if cell is not None else best_cell(dataset, project))
     model, trained = load_cell(candidate, project)
@@ -279,7 +280,6 @@ def predict_images(
             f"cell {candidate} was trained on classes {trained.classes}, but {project / DATASETS_DIR / dataset} "
             f"now lists {info['classes']}: the dataset changed since; rerun the workflow"
         )
-    paths = find_images(inputs)
     mode = "L" if info["channels"] == 1 else "RGB"
     batch = trained.settings.batch_size
     chunk = batch * max(1, CHUNK_IMAGES // batch)
