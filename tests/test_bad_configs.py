@@ -1,10 +1,11 @@
 """The corpus of refused configs (tests/bad_configs.yaml): each one is refused while Snakemake parses
 the workflow, with exactly the line the corpus documents; a few of them through real Snakemake.
 
-"Exactly one line" through Snakemake means: exit status 1, nothing on stdout, and stderr is the
-line and its newline. Snakemake prints nothing of its own before it parses the workflow in these
-runs (no profile; `--config` on its command line would add its own "Config file ... is extended"
-line first), and our exit at parse time leaves no Snakemake report after it.
+"Exactly one line" through Snakemake means: exit status 1, nothing on stdout, and on stderr the
+line is the only one besides Snakemake's own start-up banner, printed before it reads the workflow:
+"Using workflow specific profile profiles/default ..." (the workflow's profile, which the copy
+has too; none with `--workflow-profile none`) and, with `--config` on its command line, "Config file
+config.yaml is extended ...". The exit at parse time leaves no Snakemake report after the line.
 """
 
 import copy
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 CORPUS = yaml.safe_load((Path(__file__).parent / "bad_configs.yaml").read_text())
 CASES = {case["title"]: case for case in CORPUS["cases"]}
+SNAKEMAKE_BANNER = ("Using workflow specific profile ", "Config file config.yaml is extended ")
 
 # The Snakefile change that gives a config file Snakemake cannot read (not UTF-8, not YAML) one
 # line: Snakemake loads `configfile:` itself, before common.smk. The workflow copy gets it until
@@ -94,7 +96,7 @@ def test_bad_config_is_refused_at_parse_time_with_its_line(case, scratch, capsys
 
 def copy_workflow(workdir: Path) -> None:
     shutil.copy(ROOT / "Snakefile", workdir / "Snakefile")
-    for folder in ("workflow", "envs"):
+    for folder in ("workflow", "envs", "profiles"):
         shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     snakefile = workdir / "Snakefile"
     text = snakefile.read_text()
@@ -120,8 +122,13 @@ def workflow_copy(tmp_path_factory):
     return workdir
 
 
+def workflow_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith(SNAKEMAKE_BANNER)]
+
+
 def assert_exactly_one_line(result: subprocess.CompletedProcess, line: str, workdir: Path) -> None:
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", line + "\n")
+    assert (result.returncode, result.stdout, workflow_lines(result.stderr)) == (1, "", [line])
+    assert result.stderr.endswith(line + "\n")  # nothing after it
     assert not (workdir / "results").exists()
 
 
@@ -154,5 +161,5 @@ def test_snakemake_notes_left_out_combinations_once_and_runs(workflow_copy):
     (workflow_copy / "config.yaml").write_text(yaml.safe_dump(config))
     result = dry_run(workflow_copy)
     assert result.returncode == 0, result.stderr
-    note = "transfergrid: left out 1 cell: head 'logreg' needs strategy 'frozen'\n"
-    assert result.stderr.count("transfergrid:") == 1 and result.stderr.startswith(note)
+    note = "transfergrid: left out 1 cell: head 'logreg' needs strategy 'frozen'"
+    assert result.stderr.count("transfergrid:") == 1 and workflow_lines(result.stderr)[0] == note
