@@ -1,13 +1,25 @@
 """Config schema and validation: defaults everywhere, one-line errors naming the key."""
 
 import copy
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from transfergrid.config import load_schema, validate_config
+from transfergrid.config import (
+    BUILTIN_NAMES,
+    WELL_KNOWN_TORCHVISION,
+    check_config_file,
+    load_schema,
+    one_line_config_errors,
+    validate_config,
+)
 from transfergrid.errors import ConfigError
+from transfergrid.grid import cell_settings, expand_cells, prepare_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -78,3 +90,164 @@ def test_validation_does_not_touch_a_valid_config_beyond_defaults():
     before = copy.deepcopy(config)
     validate_config(config, SCHEMA)
     assert config["grid"] == {**before["grid"], "lrs": [1.0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Accepted as written, or as the integer it spells; the refused configs are in bad_configs.yaml
+
+
+def test_integral_floats_become_integers_that_cells_count_with():
+    config = default_config()
+    config["train"].update(epochs=2.0, batch_size=16.0)
+    config["grid"]["seeds"] = [1.0]
+    config["split"]["seed"] = 1.0
+    validate_config(config, SCHEMA)
+    assert [type(v) for v in (config["train"]["epochs"], config["train"]["batch_size"])] == [int, int]
+    assert [type(v) for v in (config["grid"]["seeds"][0], config["split"]["seed"])] == [int, int]
+    settings = cell_settings(config, expand_cells(config)[0])
+    assert (settings.epochs, settings.batch_size, settings.seed) == (2, 16, 1)
+    assert [type(v) for v in (settings.epochs, settings.batch_size, settings.seed)] == [int, int, int]
+
+
+def test_a_dataset_without_source_is_builtin():
+    config = default_config()
+    config["datasets"] = {"digits": {"name": "digits"}}
+    assert validate_config(config, SCHEMA)["datasets"]["digits"]["source"] == "builtin"
+
+
+def test_freeze_depth_up_to_the_backbone_stage_count():
+    config = default_config()
+    config["grid"].update(strategies=["freeze:5"], backbones=[{"name": "resnet18", "weights": ["none"]}])
+    validate_config(config, SCHEMA)
+    config["grid"]["strategies"] = ["freeze:6"]
+    with pytest.raises(ConfigError, match=r"'grid.strategies\[0\]': 'freeze:6' freezes 6 stages, backbone 'resnet18'"):
+        validate_config(config, SCHEMA)
+
+
+def test_unsafe_dataset_names_are_refused():
+    for name in ("..", "my photos", "a/b", ".x", "-x"):
+        config = default_config()
+        config["datasets"][name] = {"source": "builtin", "name": "digits"}
+        with pytest.raises(ConfigError, match=f"config key 'datasets': dataset name {re.escape(repr(name))}"):
+            validate_config(config, SCHEMA)
+
+
+def test_the_builtin_names_the_config_knows_are_the_registry():
+    from transfergrid.sources import BUILTIN_DATASETS
+
+    assert list(BUILTIN_NAMES) == sorted(BUILTIN_DATASETS)
+
+
+def test_well_known_torchvision_names_are_usable_datasets():
+    from transfergrid.sources.torchvision_datasets import _torchvision_class
+
+    for name in WELL_KNOWN_TORCHVISION:
+        _torchvision_class("x", name)  # DataError when torchvision has no such dataset
+
+
+def test_dataset_sources_are_checked_only_where_the_workflow_starts(tmp_path):
+    config = default_config()
+    config["datasets"]["photos"] = {"source": "folder", "path": str(tmp_path / "missing")}
+    config["grid"]["datasets"] = ["photos"]
+    validate_config(copy.deepcopy(config), SCHEMA, check_files=False)
+    with pytest.raises(ConfigError, match=r"config key 'datasets\.photos\.path': '.*missing' does not exist"):
+        validate_config(config, SCHEMA)
+
+
+def test_an_unused_dataset_entry_is_not_looked_for(tmp_path):
+    config = default_config()
+    config["datasets"]["elsewhere"] = {"source": "folder", "path": str(tmp_path / "on_another_machine")}
+    validate_config(config, SCHEMA)
+
+
+def test_a_folder_dataset_and_its_pretrain_classes_pass(tmp_path):
+    for split, name in (("train", "cat"), ("train", "dog"), ("val", "cat")):
+        (tmp_path / "pets" / split / name).mkdir(parents=True)
+    config = default_config()
+    config["datasets"]["pets"] = {"source": "folder", "path": str(tmp_path / "pets")}
+    config["pretrain"] = {"pets2": {"dataset": "pets", "classes": ["dog", 0]}}
+    config["grid"]["backbones"] = [{"name": "resnet18", "weights": ["none", "pretrain:pets2"]}]
+    validate_config(config, SCHEMA)
+
+
+def test_parsing_a_config_of_every_source_kind_imports_no_torch(tmp_path):
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    config = {
+        "datasets": {
+            "digits": {"name": "digits"},
+            "photos": {"source": "folder", "path": str(tmp_path / "photos")},
+            "web": {"source": "url", "url": "https://example.org/a.zip", "sha256": "0" * 64},
+            "fashion": {"source": "torchvision", "name": "FashionMNIST"},
+        },
+        "grid": {"datasets": ["digits", "photos", "web", "fashion"]},
+    }
+    code = (
+        "import sys, json\n"
+        "from transfergrid.grid import prepare_config\n"
+        f"prepare_config(json.loads({json.dumps(json.dumps(config))}), {str(SCHEMA)!r})\n"
+        "print(sorted(m for m in ['torch', 'torchvision', 'timm', 'pandas', 'sklearn'] if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "workflow")
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Left-out combinations, the config file Snakemake reads, and the one line
+
+
+def test_left_out_combinations_get_one_note_per_reason(capsys):
+    config = default_config()
+    config["grid"].update(
+        backbones=[{"name": "resnet18", "weights": ["none"]}],
+        heads=["linear", "logreg"],
+        strategies=["full", "frozen", "two_phase"],
+    )
+    cells = prepare_config(config, SCHEMA)
+    assert [(c.strategy, c.head) for c in cells] == [("full", "linear"), ("frozen", "linear"), ("frozen", "logreg")]
+    assert capsys.readouterr().err.splitlines() == [
+        "transfergrid: left out 2 cells: head 'logreg' needs strategy 'frozen'",
+        "transfergrid: left out 1 cell: strategy 'two_phase' needs pretrained weights",
+    ]
+    prepare_config(default_config(), SCHEMA, notes=True)
+    prepare_config(config, SCHEMA, notes=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"grid:\n  heads: [linear]  # caf\xe9\n", "byte 0xe9 on line 2 is not UTF-8 text"),
+        (
+            b"grid:\n  heads: [linear\n",
+            "invalid YAML on line 3, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            b"grid:\n\theads: [linear]\n",
+            "invalid YAML on line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+        (b"- digits\n", "expected a mapping of config keys, got list"),
+        (b"", "expected a mapping of config keys, got NoneType"),
+    ],
+)
+def test_a_config_file_snakemake_cannot_read_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        check_config_file(path)
+    assert str(error.value) == f"config file '{path}': {expected}"
+
+
+def test_a_readable_or_missing_config_file_passes(tmp_path):
+    check_config_file(ROOT / "config.yaml")
+    check_config_file(tmp_path / "absent.yaml")  # Snakemake's to report (or a --configfile stands in)
+    (tmp_path / "tabs.json").write_text('{\n\t"grid": {"seeds": [0]}\n}\n')  # JSON, though no YAML
+    check_config_file(tmp_path / "tabs.json")
+
+
+def test_a_config_error_is_one_line_on_stderr_and_exit_status_1(capsys):
+    with pytest.raises(SystemExit) as exit_info, one_line_config_errors():
+        raise ConfigError("config key 'train.epochs': must be at least 1,\n got 0")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr() == ("", "transfergrid: config key 'train.epochs': must be at least 1, got 0\n")
+    with pytest.raises(ValueError), one_line_config_errors():
+        raise ValueError("a bug keeps its traceback")

@@ -8,28 +8,35 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or without an install
 
 from transfergrid import naming
-from transfergrid.config import validate_config
+from transfergrid.config import one_line_config_errors
 from transfergrid.grid import (
     candidate_settings,
     cell_settings,
-    expand_cells,
     feature_heads,
     frozen_group_cells,
     frozen_group_files,
     image_size,
     lr_candidates,
+    prepare_config,
     pretrain_job,
 )
 from transfergrid.failures import print_failures
 from transfergrid.jobs import export_package_path
 from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
 
-# Local files named in the config (`file:` weights) are checked where the workflow starts, not on
-# cluster nodes that re-read it to run one job.
-validate_config(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml", check_files=not workflow.remote_exec)
+# A bad config is one line on stderr (`transfergrid: config key '...': ...`) and exit status 1,
+# before any job and before results/ exists. Local files and folders named in the config are
+# checked where the workflow starts, not on cluster nodes that re-read it to run one job; nor do
+# those (or local subprocess jobs) repeat the notes on left-out combinations.
+with one_line_config_errors():
+    CELLS = prepare_config(
+        config,
+        WORKFLOW_DIR / "schemas" / "config.schema.yaml",
+        check_files=not workflow.remote_exec,
+        notes=not (workflow.remote_exec or workflow.subprocess_exec),
+    )
 export_package_path(WORKFLOW_DIR)
 
-CELLS = expand_cells(config)
 FEATURE_HEADS = feature_heads(config)
 CANDIDATE_FILES = ("model.pt", "history.csv", "train.json", "cell.json")
 RESULT_FILES = ("test.json", "selection.json", "predictions.csv", "confusion.csv")

@@ -7,9 +7,13 @@ A cell lives in ``results/cells/{dataset}/{fraction}/{backbone}/{weights}/{strat
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from .backbones.registry import native_preprocessing, resolve_backbone
+from .config import MESSAGE_PREFIX, validate_config
+from .errors import ConfigError
 from .heads import HEADS
 from .naming import CELLS_ROOT, Cell, format_fraction, format_multiplier, weights_slug
 from .settings import CellSettings, OptimizerSettings, PretrainJob, ScheduleSettings
@@ -54,6 +58,38 @@ def expand_cells(config: dict) -> list[Cell]:
         cell for cell in grid_combinations(config) if excluded_reason(cell.strategy, cell.weights, cell.head) is None
     ]
     return list(dict.fromkeys(cells))  # drop duplicates (e.g. scratch over several weights), keep order
+
+
+def left_out_cells(config: dict) -> dict[str, int]:
+    """How many distinct combinations of the grid axes ``expand_cells`` leaves out, by the reason
+    ``excluded_reason`` gives, in config order."""
+    left_out: dict[str, dict[Cell, None]] = {}
+    for cell in grid_combinations(config):
+        reason = excluded_reason(cell.strategy, cell.weights, cell.head)
+        if reason is not None:
+            left_out.setdefault(reason, {})[cell] = None
+    return {reason: len(cells) for reason, cells in left_out.items()}
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell" if count == 1 else f"{count} cells"
+
+
+def prepare_config(config: dict, schema_path: str | Path, check_files: bool = True, notes: bool = True) -> list[Cell]:
+    """What common.smk does while Snakemake parses the workflow: validate and complete ``config``
+    (see config.validate_config), then expand the grid into its cells. Combinations that cannot
+    run are left out with one line per reason on stderr, so that a smaller grid than the axes
+    promise is no surprise (``notes`` off: a job re-reading the workflow repeats nothing); a
+    ConfigError when nothing is left, rather than a run that ends in `no cells to aggregate`."""
+    validate_config(config, schema_path, check_files)
+    cells, left_out = expand_cells(config), left_out_cells(config)
+    if not cells:
+        reasons = "; ".join(f"{_cells(count)}: {reason}" for reason, count in left_out.items())
+        raise ConfigError(f"config key 'grid': every combination is left out ({reasons}); nothing to run")
+    if notes:
+        for reason, count in left_out.items():
+            print(f"{MESSAGE_PREFIX}left out {_cells(count)}: {reason}", file=sys.stderr, flush=True)
+    return cells
 
 
 def image_size(config: dict, backbone: str, weights: str) -> int:
