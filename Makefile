@@ -19,7 +19,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-run: $(STAMP)
+# The default grid's second dataset is Fashion-MNIST from Debian's dataset-fashion-mnist package.
+FASHION := /usr/share/datasets/fashion-mnist
+
+$(FASHION):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
+	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
+
+run: $(STAMP) $(FASHION)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "report: results/report/index.html"
 

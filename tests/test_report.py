@@ -13,7 +13,9 @@ import pytest
 
 from transfergrid.aggregate import COORDINATES, SUMMARY_COLUMNS, aggregate_cells
 from transfergrid.errors import TransferGridError
-from transfergrid.report import heatmap_tables, load_summary, recipe_leaderboard, render_report
+from transfergrid.recipes import recipe_table, write_recipes
+from transfergrid.report import render_report
+from transfergrid.report.data import heatmap_tables, load_summary
 
 CLASSES = ["cat", "dog", "fox"]
 MODELS = [("resnet18", "none"), ("mobilenet_v3_small", "imagenet_pkg")]
@@ -121,6 +123,12 @@ def write_cell(
         "nll": 0.5,
         "ece": 0.05,
         "top5": None,
+        "reliability": {
+            "edges": [i / 15 for i in range(16)],
+            "count": [0] * 10 + [10, 10, 10, 10, 20],
+            "confidence": [None] * 10 + [0.7, 0.75, 0.8, 0.87, 0.95],
+            "accuracy": [None] * 10 + [0.6, 0.7, 0.8, 0.9, 0.95],
+        },
     }
     selection = {
         "chosen": "lr1.0",
@@ -160,12 +168,18 @@ def write_grid(root: Path, dataset: str = "flowers") -> dict[tuple, Path]:
     return cells
 
 
+def aggregate(cells, root: Path) -> tuple:
+    """summary.csv and recipes.csv of ``cells``, as the aggregate rule writes them."""
+    summary = aggregate_cells(cells, root / "summary.csv")
+    write_recipes(summary, root / "recipes.csv", root / "leaderboard.md")
+    return summary, root / "summary.csv", root / "recipes.csv"
+
+
 @pytest.fixture()
 def grid(tmp_path):
     cells = write_grid(tmp_path)
-    summary_csv = tmp_path / "summary.csv"
     # shuffled input order: the summary must come out sorted regardless
-    summary = aggregate_cells(list(reversed(list(cells.values()))), summary_csv)
+    summary, summary_csv, _recipes_csv = aggregate(list(reversed(list(cells.values()))), tmp_path)
     return cells, summary, summary_csv
 
 
@@ -173,7 +187,7 @@ def grid(tmp_path):
 def rendered(grid, tmp_path):
     cells, _summary, summary_csv = grid
     out = tmp_path / "report" / "report.html"
-    render_report(summary_csv, out)
+    render_report(summary_csv, tmp_path / "recipes.csv", [], out)
     return cells, summary_csv, out, out.read_text(encoding="utf-8")
 
 
@@ -273,8 +287,8 @@ def test_aggregate_names_a_missing_key(tmp_path):
 
 def test_leaderboard_ranks_by_validation_not_test(grid):
     _, _summary, summary_csv = grid
-    board = recipe_leaderboard(load_summary(summary_csv))
-    assert len(board) == 4 and (board["n_seeds"] == 2).all()
+    board = recipe_table(load_summary(summary_csv))
+    assert len(board) == 4 and (board["n"] == 2).all()
     order = list(zip(board["backbone"], board["weights"], board["strategy"]))
     by_val = sorted(SCORES, key=lambda k: -np.mean([v for v, _ in SCORES[k]]))
     assert order == by_val
@@ -283,30 +297,38 @@ def test_leaderboard_ranks_by_validation_not_test(grid):
 
 def test_heatmap_tables_separate_pretrained_and_scratch_rows(grid):
     _, _, summary_csv = grid
-    summary = load_summary(summary_csv)
+    summary = recipe_table(load_summary(summary_csv))
     tables = heatmap_tables(summary)
     assert len(tables) == 1
-    title, table = tables[0]
+    title, table, half_width = tables[0]
     assert "dataset=flowers" in title and "fraction=1.0" in title and "head=linear" in title
     assert list(table.index) == ["mobilenet_v3_small · imagenet_pkg", "resnet18 · none"]
     assert list(table.columns) == ["frozen", "full"]
     assert table.loc["resnet18 · none", "full"] == pytest.approx((0.86 + 0.95) / 2)
+    # t(0.975, 1) x sample std / sqrt(2): the 95 % half width of two seeds
+    assert half_width.loc["resnet18 · none", "full"] == pytest.approx(
+        12.7062 * np.std([0.86, 0.95], ddof=1) / 2**0.5, rel=1e-4
+    )
     with pytest.raises(TransferGridError, match="colour"):
         heatmap_tables(summary, facet_by=("colour",))
-    assert [t for t, _ in heatmap_tables(summary, facet_by=("freeze_depth",))] == ["freeze_depth=0", "freeze_depth=all"]
+    assert [t for t, *_ in heatmap_tables(summary, facet_by=("freeze_depth",))] == [
+        "freeze_depth=0",
+        "freeze_depth=all",
+    ]
 
 
 def test_heatmap_facets_follow_the_parameter(tmp_path):
     cells = list(write_grid(tmp_path / "a", dataset="flowers").values())
     cells += list(write_grid(tmp_path / "b", dataset="pets").values())
     summary = aggregate_cells(cells, tmp_path / "summary.csv")
-    assert [t for t, _ in heatmap_tables(summary)] == [
+    recipes = recipe_table(summary)
+    assert [t for t, *_ in heatmap_tables(recipes)] == [
         "dataset=flowers · fraction=1.0 · head=linear",
         "dataset=pets · fraction=1.0 · head=linear",
     ]
-    assert [t for t, _ in heatmap_tables(summary, facet_by=("head",))] == ["head=linear"]
-    tables = heatmap_tables(summary, facet_by=("dataset", "strategy"))
-    assert len(tables) == 4 and all(table.shape == (2, 2) for _, table in tables)
+    assert [t for t, *_ in heatmap_tables(recipes, facet_by=("head",))] == ["head=linear"]
+    tables = heatmap_tables(recipes, facet_by=("dataset", "strategy"))
+    assert len(tables) == 4 and all(table.shape == (2, 2) for _, table, _ in tables)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,34 +348,35 @@ def test_report_lists_every_recipe_with_its_init(rendered):
         ("resnet18", "scratch", "frozen"),
     ]
     assert rows[0][0] == "1" and rows[0][7] == "2"
-    assert rows[0][8] == "0.910 ± 0.014"  # mean ± std of the validation accuracies 0.90 and 0.92
-    assert "validation" in section(page, "leaderboard") and "never by a test" in page
+    assert rows[0][8] == "0.910 ± 0.127"  # mean ± 95 % half width of the validation accuracies 0.90 and 0.92
+    assert "validation" in section(page, "leaderboard") and "never used to" in page
 
 
 def test_report_is_self_contained(rendered):
     _, _, out, page = rendered
     assert page.count("data:image/png;base64,") >= 3
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, flags=re.I)
-    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert "<script src" not in page.lower() and "<link" not in page.lower()  # the one script is inline
     assert not [p.name for p in out.parent.iterdir() if p.name != "report.html"]
-    for section_id in ("leaderboard", "heatmaps", "curves", "confusion"):
+    for section_id in ("summary", "leaderboard", "heatmaps", "curves", "confusion", "cost"):
         assert 'class="how"' in section(page, section_id)
 
 
 def test_confusion_section_shows_the_validation_best_cell(rendered):
-    cells, _, _, page = rendered
+    _cells, _, _, page = rendered
     best = section(page, "confusion")
-    assert str(cells[VAL_BEST]) in best
-    assert str(cells[TEST_BEST]) not in best  # the test-best cell must not be chosen
-    assert "0.8100" in best  # the val-best cell's own test top-1
-    assert "0.9500" not in best
-    assert best.count("data:image/png;base64,") == 1
+    # the validation-best recipe's validation-best seed, never the test-best cell
+    assert "mobilenet_v3_small · pretrained (imagenet_pkg) · full · seed 1" in best
+    assert "resnet18" not in best
+    assert best.count("data:image/png;base64,") == 2  # its confusion matrix and the reliability diagram
+    summary = section(page, "summary")
+    assert "mobilenet_v3_small · pretrained (imagenet_pkg) · full" in summary and "0.805 ± 0.064" in summary
 
 
 def test_rendering_twice_gives_identical_bytes(rendered, tmp_path):
     _, summary_csv, out, _ = rendered
     again = tmp_path / "again.html"
-    render_report(summary_csv, again)
+    render_report(summary_csv, summary_csv.parent / "recipes.csv", [], again)
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -362,8 +385,8 @@ def test_strings_from_data_are_escaped(tmp_path):
         write_cell(tmp_path, "net", "none", "full", 0, 0.5, 0.5, dataset="a<b>&c"),
         write_cell(tmp_path, "net", "imagenet_pkg", "full", 0, 0.6, 0.6, dataset="a<b>&c"),
     ]
-    aggregate_cells(cells, tmp_path / "summary.csv")
-    render_report(tmp_path / "summary.csv", tmp_path / "report.html")
+    aggregate(cells, tmp_path)
+    render_report(tmp_path / "summary.csv", tmp_path / "recipes.csv", [], tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "a&lt;b&gt;&amp;c" in page and "a<b>" not in page
 
@@ -373,5 +396,5 @@ def test_report_names_a_missing_history(grid, tmp_path):
     missing = cells[(*VAL_BEST[:3], 0)] / "lr1.0" / "history.csv"  # curves are drawn from the lowest seed
     missing.unlink()
     with pytest.raises(TransferGridError, match=re.escape(str(missing))):
-        render_report(summary_csv, tmp_path / "report.html")
+        render_report(summary_csv, tmp_path / "recipes.csv", [], tmp_path / "report.html")
     assert not (tmp_path / "report.html").exists()

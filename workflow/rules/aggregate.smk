@@ -1,4 +1,5 @@
-# Gather every cell into one table: one row per cell, every grid coordinate a column.
+# Gather every cell into one table (one row per cell, every grid coordinate a column), and the
+# recipes (cells that differ only by seed) into another, with their statistics over seeds.
 
 
 localrules:
@@ -9,9 +10,11 @@ rule aggregate:
     input:
         selections=cell_files("selection.json"),
         test=cell_files("test.json"),
-        code=package_source("aggregate.py"),
+        code=[package_source("aggregate.py"), package_source("recipes.py"), package_source("stats.py")],
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
+        recipes=report("results/recipes.csv", caption="../report/recipes.rst", category="Summary"),
+        leaderboard=report("results/leaderboard.md", caption="../report/leaderboard.rst", category="Summary"),
     log:
         f"{LOGS}/aggregate.log",
     conda:

@@ -189,6 +189,31 @@ def frozen_evaluation_inputs(wildcards):
     }
 
 
+def similarity_features(wildcards):
+    """The pretrained feature cache a similarity is measured on."""
+    weights = weight_source(wildcards)
+    size = image_size(config, wildcards.backbone, weights)
+    return naming.feature_cache_path(wildcards.dataset, size, wildcards.backbone, weights, 0)
+
+
+def similarity_files():
+    """One similarity per dataset and pretrained (backbone, weights) of the grid."""
+    pairs = dict.fromkeys((c.dataset, c.backbone, naming.weights_slug(c.weights)) for c in CELLS if c.weights != "none")
+    return [f"results/similarity/{dataset}/{backbone}/{weights}.json" for dataset, backbone, weights in pairs]
+
+
+def image_cache_files():
+    """The image cache of every dataset and input size of the grid (the report shows test images)."""
+    sizes = dict.fromkeys((c.dataset, image_size(config, c.backbone, c.weights)) for c in CELLS)
+    return [naming.image_cache_path(dataset, size) for dataset, size in sizes]
+
+
+def report_sources():
+    """The report's code: editing it re-renders the report only."""
+    folder = WORKFLOW_DIR / "transfergrid" / "report"
+    return sorted(str(path) for path in [*folder.glob("*.py"), *folder.glob("templates/*")])
+
+
 def cell_files(name):
     """One file of every cell of the grid."""
     return [f"{cell.path}/{name}" for cell in CELLS]

@@ -9,8 +9,13 @@ localrules:
 rule report:
     input:
         summary="results/summary.csv",
+        recipes="results/recipes.csv",
+        similarities=similarity_files(),
         confusions=cell_files("confusion.csv"),
-        code=[package_source("report.py"), package_source("plots.py")],
+        predictions=cell_files("predictions.csv"),
+        tests=cell_files("test.json"),
+        caches=image_cache_files(),
+        code=report_sources(),
     output:
         html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
     log:
@@ -20,5 +25,6 @@ rule report:
     params:
         facet_by=config["report"]["facet_by"],
         max_curves=config["report"]["max_curves"],
+        thresholds=config["report"]["quadrant"],
     script:
         "../scripts/report.py"

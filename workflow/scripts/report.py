@@ -1,11 +1,20 @@
 from pathlib import Path
 
 from transfergrid.jobs import run_job
-from transfergrid.report import render_report
+from transfergrid.report import ReportSettings, render_report
 
 
 def main(smk, log):
-    render_report(Path(smk.input.summary), Path(smk.output.html), smk.params.facet_by, smk.params.max_curves)
+    settings = ReportSettings(
+        facet_by=tuple(smk.params.facet_by), max_curves=smk.params.max_curves, thresholds=dict(smk.params.thresholds)
+    )
+    render_report(
+        Path(smk.input.summary),
+        Path(smk.input.recipes),
+        [Path(p) for p in smk.input.similarities],
+        Path(smk.output.html),
+        settings,
+    )
     log(f"report -> {smk.output.html}")
 
 

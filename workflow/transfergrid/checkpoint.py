@@ -80,4 +80,12 @@ class Checkpoint:
             failpoint("checkpoint_write", state["epoch"])  # the file is written, not yet in place
 
     def remove(self) -> None:
+        """Delete the checkpoint and the folders it leaves empty (up to ``results/checkpoints``)."""
         self.path.unlink(missing_ok=True)
+        folder = self.path.parent
+        while folder.name != "checkpoints" and folder != folder.parent:
+            try:
+                folder.rmdir()  # only an empty folder: another job's checkpoint keeps its parents
+            except OSError:
+                break
+            folder = folder.parent

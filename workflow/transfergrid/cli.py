@@ -58,8 +58,45 @@ def _add_predict(commands) -> None:
     parser.set_defaults(handler=_predict)
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .quadrant import recommend
+
+    thresholds = {"size_threshold": 100, "similarity_threshold": 0.9}  # the schema's defaults
+    config_file = Path("config.yaml")
+    if config_file.is_file():
+        configured = ((yaml.safe_load(config_file.read_text()) or {}).get("report") or {}).get("quadrant") or {}
+        thresholds.update(configured)
+    for key in thresholds:
+        if getattr(args, key) is not None:
+            thresholds[key] = getattr(args, key)
+    for line in recommend(Path("."), args.dataset, thresholds):
+        print(line)
+    return 0
+
+
+def _add_recommend(commands) -> None:
+    parser = commands.add_parser(
+        "recommend",
+        help="the data-size x similarity map's advice for a dataset, before any fine-tuning",
+        description=(
+            "Place a dataset on the data-size x similarity map from its training-split size and the "
+            "similarity measured from frozen features (results/similarity/), and print the strategy the "
+            "map advises, per pretrained weight source and training fraction. Boundaries: config.yaml's "
+            "report.quadrant, or the options."
+        ),
+    )
+    parser.add_argument("--dataset", required=True, help="a key of `datasets`")
+    parser.add_argument("--size-threshold", dest="size_threshold", type=float, help="images per class: large from")
+    parser.add_argument(
+        "--similarity-threshold", dest="similarity_threshold", type=float, help="separability: similar from"
+    )
+    parser.set_defaults(handler=_recommend)
+
+
 # One entry per subcommand, in the order `transfergrid --help` lists them.
-SUBCOMMANDS: list[Callable] = [_add_predict]
+SUBCOMMANDS: list[Callable] = [_add_predict, _add_recommend]
 
 
 def build_parser() -> argparse.ArgumentParser:

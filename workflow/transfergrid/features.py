@@ -195,3 +195,20 @@ def head_state_into_model(model: nn.Module, head_state: dict) -> nn.Module:
         head_state = {key[len("head.") :]: value for key, value in head_state.items()}
     model.head.load_state_dict(head_state, strict=True)
     return model
+
+
+def measure_similarity(features_path: Path, split_csv: Path, out_json: Path, log=print) -> dict:
+    """The target's similarity to the source of its pretrained features (``similarity``: GBC
+    separability with a bootstrap), from the cached pooled features of its training images."""
+    from .io import write_json
+    from .similarity import target_similarity
+    from .split import read_split, split_rows
+
+    payload = load_features(features_path)
+    rows = split_rows(read_split(split_csv), "train")
+    features = payload["pooled"][torch.as_tensor(rows)].numpy()
+    labels = payload["labels"][torch.as_tensor(rows)].numpy()
+    result = {"backbone": payload["backbone"], "weights": payload["weights"], **target_similarity(features, labels)}
+    log(f"similarity {result['separability']:.4f} (bootstrap std {result['std']:.4f}): {result['method']}")
+    write_json(out_json, result)
+    return result

@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from transfergrid.features import measure_similarity
+from transfergrid.jobs import run_job
+
+
+def main(smk, log):
+    measure_similarity(Path(smk.input.features), Path(smk.input.split), Path(smk.output.similarity), log)
+
+
+run_job(snakemake, main)
