@@ -80,21 +80,42 @@ def downloaded_archive(wildcards):
     return []
 
 
+# The helpers below run for every job of the DAG (tens of thousands on a large grid), so what
+# depends only on grid coordinates is computed once per coordinate and cached; the config does
+# not change once validated.
+
+
+@functools.cache
+def source_of_slug(backbone, slug):
+    return naming.weights_from_slug(config, backbone, slug)
+
+
 def weight_source(wildcards):
     """The raw weight source (`pretrain:x`, `file:/a/b.pt`) behind the slug in a path."""
-    return naming.weights_from_slug(config, wildcards.backbone, wildcards.weights)
+    return source_of_slug(wildcards.backbone, wildcards.weights)
+
+
+@functools.cache
+def cell_at(dataset, fraction, backbone, slug, strategy, head, seed):
+    return Cell(dataset, fraction, backbone, source_of_slug(backbone, slug), strategy, head, int(seed))
 
 
 def cell_from(wildcards):
-    return Cell(
+    return cell_at(
         wildcards.dataset,
         wildcards.fraction,
         wildcards.backbone,
-        weight_source(wildcards),
+        wildcards.weights,
         wildcards.strategy,
         wildcards.head,
-        int(wildcards.seed),
+        wildcards.seed,
     )
+
+
+@functools.cache
+def candidate_dirs(cell):
+    """The directory of every learning-rate candidate of ``cell``."""
+    return tuple(cell.candidate_path(lr) for lr in lr_candidates(config, cell.head))
 
 
 @functools.cache
@@ -110,8 +131,7 @@ def candidate_params(wildcards):
 
 def candidate_files(wildcards, name):
     """One file of every learning-rate candidate of the cell in ``wildcards``."""
-    cell = cell_from(wildcards)
-    return [f"{cell.candidate_path(lr)}/{name}" for lr in lr_candidates(config, cell.head)]
+    return [f"{path}/{name}" for path in candidate_dirs(cell_from(wildcards))]
 
 
 def weights_file(wildcards):
@@ -121,21 +141,32 @@ def weights_file(wildcards):
     return []
 
 
+@functools.cache
+def input_size(backbone, weights):
+    return image_size(config, backbone, weights)
+
+
 def image_cache_path(wildcards):
-    size = image_size(config, wildcards.backbone, weight_source(wildcards))
+    size = input_size(wildcards.backbone, weight_source(wildcards))
     return naming.image_cache_path(wildcards.dataset, size)
+
+
+@functools.cache
+def frozen_group(dataset, backbone, slug, seed):
+    """One scan of the grid per feature cache, whichever of its jobs' helpers asks first."""
+    return tuple(frozen_group_cells(config, CELLS, dataset, backbone, slug, seed))
 
 
 def group_cells(wildcards):
     """The frozen feature cells of the feature cache in ``wildcards`` (see frozen.smk)."""
     seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
     weights = wildcards.weights if "weights" in wildcards.keys() else "none"
-    return frozen_group_cells(config, CELLS, wildcards.dataset, wildcards.backbone, weights, seed)
+    return list(frozen_group(wildcards.dataset, wildcards.backbone, weights, seed))
 
 
 def group_feature_cache(wildcards):
     cell = group_cells(wildcards)[0]
-    size = image_size(config, cell.backbone, cell.weights)
+    size = input_size(cell.backbone, cell.weights)
     return naming.feature_cache_path(cell.dataset, size, cell.backbone, cell.weights, cell.seed)
 
 
@@ -172,14 +203,12 @@ def frozen_candidates(wildcards):
 
 
 def frozen_cell_candidates(wildcards):
-    return [
-        {"cell_dir": cell.path, "candidates": [cell.candidate_path(lr) for lr in lr_candidates(config, cell.head)]}
-        for cell in group_cells(wildcards)
-    ]
+    return [{"cell_dir": cell.path, "candidates": list(candidate_dirs(cell))} for cell in group_cells(wildcards)]
 
 
 def frozen_evaluation_inputs(wildcards):
-    candidates = [entry["out_dir"] for entry in frozen_candidates(wildcards)]
+    # The out_dir of every entry of frozen_candidates, without resolving their settings.
+    candidates = [path for cell in group_cells(wildcards) for path in candidate_dirs(cell)]
     return {
         "features": group_feature_cache(wildcards),
         "split": f"results/datasets/{wildcards.dataset}/split.csv",
@@ -192,7 +221,7 @@ def frozen_evaluation_inputs(wildcards):
 def similarity_features(wildcards):
     """The pretrained feature cache a similarity is measured on."""
     weights = weight_source(wildcards)
-    size = image_size(config, wildcards.backbone, weights)
+    size = input_size(wildcards.backbone, weights)
     return naming.feature_cache_path(wildcards.dataset, size, wildcards.backbone, weights, 0)
 
 
@@ -204,7 +233,7 @@ def similarity_files():
 
 def image_cache_files():
     """The image cache of every dataset and input size of the grid (the report shows test images)."""
-    sizes = dict.fromkeys((c.dataset, image_size(config, c.backbone, c.weights)) for c in CELLS)
+    sizes = dict.fromkeys((c.dataset, input_size(c.backbone, c.weights)) for c in CELLS)
     return [naming.image_cache_path(dataset, size) for dataset, size in sizes]
 
 
@@ -214,9 +243,14 @@ def report_sources():
     return sorted(str(path) for path in [*folder.glob("*.py"), *folder.glob("templates/*")])
 
 
+@functools.cache
+def cell_paths():
+    return tuple(cell.path for cell in CELLS)
+
+
 def cell_files(name):
     """One file of every cell of the grid."""
-    return [f"{cell.path}/{name}" for cell in CELLS]
+    return [f"{path}/{name}" for path in cell_paths()]
 
 
 def checkpoint_path(job_path):

@@ -257,11 +257,14 @@ def frozen_group_cells(
     """The cells one frozen-heads job serves: frozen feature cells of one dataset, backbone and
     weights (and seed, for a random base), in grid order."""
     heads = set(feature_heads(config))
+    # Cheapest tests first: most cells fail on strategy, dataset or backbone.
     return [
         cell
         for cell in cells
         if cell.strategy == "frozen"
+        and cell.dataset == dataset
+        and cell.backbone == backbone
         and cell.head in heads
-        and (cell.dataset, cell.backbone, weights_slug(cell.weights)) == (dataset, backbone, weights_slug_)
         and (seed is None or cell.seed == seed)
+        and weights_slug(cell.weights) == weights_slug_
     ]

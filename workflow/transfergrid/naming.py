@@ -6,9 +6,10 @@ torchvision (a test checks it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 # Weight sources every backbone accepts. Parametrised sources carry their argument after a colon.
@@ -44,6 +45,7 @@ def format_fraction(fraction: float) -> str:
 format_multiplier = format_fraction  # learning-rate multipliers are spelled the same way
 
 
+@functools.cache  # pure; Snakemake asks for the slugs of the same few sources for every job
 def weights_slug(weights: str) -> str:
     """``weights`` as one readable, path-safe segment (cell directories, weight file names).
 
@@ -111,7 +113,15 @@ class Cell:
 
     @property
     def path(self) -> str:
-        return CELL_PATTERN.format(**{**asdict(self), "weights": weights_slug(self.weights)})
+        return CELL_PATTERN.format(
+            dataset=self.dataset,
+            fraction=self.fraction,
+            backbone=self.backbone,
+            weights=weights_slug(self.weights),
+            strategy=self.strategy,
+            head=self.head,
+            seed=self.seed,
+        )
 
     def candidate_path(self, multiplier: str) -> str:
         return f"{self.path}/{CANDIDATE_DIR.format(lr=multiplier)}"
