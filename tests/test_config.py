@@ -50,7 +50,7 @@ def test_every_schema_key_has_description_and_default():
 
 def test_shipped_config_validates_and_gains_nothing_unknown():
     config = validate_config(default_config(), SCHEMA)
-    assert config["grid"]["backbones"][1] == {"name": "efficientnet_lite0", "weights": ["imagenet_pkg"]}
+    assert config["grid"]["backbones"][0] == {"name": "efficientnet_lite0", "weights": ["imagenet_pkg"]}
 
 
 def test_empty_config_gets_all_defaults():
@@ -64,13 +64,13 @@ def test_empty_config_gets_all_defaults():
     "edit, expected",
     [
         (lambda c: c["train"].update(epochs=0), "config key 'train.epochs'"),
-        (lambda c: c["train"]["optimizer"].update(name="adam"), "'adam' is not one of ['sgd', 'adamw']"),
+        (lambda c: c["train"].setdefault("optimizer", {}).update(name="adam"), "'adam' is not one of ['sgd', 'adamw']"),
         (lambda c: c["train"].update(epoch=3), "allowed keys"),
         (lambda c: c["grid"].update(strategies=["full", "frozn"]), "grid.strategies[1]"),
         (lambda c: c["grid"].update(heads=["lineer"]), "valid names: ['gap', 'linear', 'logreg', 'mlp', 'svm']"),
         (lambda c: c["grid"].update(datasets=["nope"]), "grid.datasets[0]"),
         (lambda c: c["grid"]["backbones"].append({"name": "resnet19"}), "grid.backbones[2].name"),
-        (lambda c: c["grid"]["backbones"][0].update(weights=["imagenet_pkg"]), "grid.backbones[0].weights[0]"),
+        (lambda c: c["grid"]["backbones"][1].update(weights=["imagenet_pkg"]), "grid.backbones[1].weights[0]"),
         (lambda c: c["datasets"].update(web={"source": "url", "url": "http://x/y.zip"}), "datasets.web.sha256"),
         (lambda c: c["datasets"]["digits"].update(source="ftp"), "datasets.digits.source"),
     ],
@@ -112,6 +112,7 @@ def test_integral_floats_become_integers_that_cells_count_with():
 def test_a_dataset_without_source_is_builtin():
     config = default_config()
     config["datasets"] = {"digits": {"name": "digits"}}
+    config["grid"]["datasets"] = ["digits"]
     assert validate_config(config, SCHEMA)["datasets"]["digits"]["source"] == "builtin"
 
 
@@ -201,6 +202,9 @@ def test_left_out_combinations_get_one_note_per_reason(capsys):
         backbones=[{"name": "resnet18", "weights": ["none"]}],
         heads=["linear", "logreg"],
         strategies=["full", "frozen", "two_phase"],
+        datasets=["digits"],
+        fractions=[1.0],
+        seeds=[0],
     )
     cells = prepare_config(config, SCHEMA)
     assert [(c.strategy, c.head) for c in cells] == [("full", "linear"), ("frozen", "linear"), ("frozen", "logreg")]
@@ -208,9 +212,11 @@ def test_left_out_combinations_get_one_note_per_reason(capsys):
         "transfergrid: left out 2 cells: head 'logreg' needs strategy 'frozen'",
         "transfergrid: left out 1 cell: strategy 'two_phase' needs pretrained weights",
     ]
-    prepare_config(default_config(), SCHEMA, notes=True)
     prepare_config(config, SCHEMA, notes=False)
     assert capsys.readouterr().err == ""
+    # The shipped grid pairs logreg with frozen cells only; it says so once.
+    prepare_config(default_config(), SCHEMA, notes=True)
+    assert capsys.readouterr().err == "transfergrid: left out 24 cells: head 'logreg' needs strategy 'frozen'\n"
 
 
 @pytest.mark.parametrize(

@@ -172,7 +172,7 @@ def test_rerun_has_nothing_to_do(finished_run):
 
 def test_editing_the_report_code_rerenders_only_the_report(finished_run):
     workdir, _ = finished_run
-    with edited(workdir / "workflow" / "transfergrid" / "report.py", "\n# an edit to the report code\n"):
+    with edited(workdir / "workflow" / "transfergrid" / "report" / "figures.py", "\n# an edit to the report code\n"):
         assert planned_jobs(workdir) == {"all": 1, "report": 1}
 
 
