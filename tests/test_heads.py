@@ -16,6 +16,7 @@ from transfergrid.heads import (
     check_head_strategy,
     head_input_size,
     make_loss,
+    standardizes_features,
 )
 from transfergrid.layers import BatchNorm1d
 from transfergrid.logreg import fit_logreg
@@ -154,3 +155,45 @@ def test_logreg_ties_go_to_the_smaller_C():
     x, y = separable(n=60, features=4, classes=2)
     _, chosen, val_acc = fit_logreg(x[:40], y[:40], x[40:], y[40:], [10.0, 1.0, 0.1])
     assert set(val_acc.values()) == {1.0} and chosen == 0.1
+
+
+def test_sgd_heads_on_a_frozen_base_read_standardised_features():
+    assert [standardizes_features(h, "frozen") for h in ("linear", "mlp", "gap", "svm", "logreg")] == [
+        True,
+        True,
+        True,
+        True,
+        False,  # logreg standardises inside its scikit-learn fit
+    ]
+    assert not any(standardizes_features("linear", s) for s in ("full", "freeze:2", "two_phase", "scratch"))
+
+
+@pytest.mark.parametrize("name", ["linear", "svm"])
+def test_standardised_heads_learn_features_of_any_scale(name):
+    """Features at the scale of a random-init ResNet's (1e4, all positive): at the frozen rate, the raw head's loss
+    explodes while the standardised one learns; in evaluation it uses the training statistics."""
+    x, y = separable()
+    x = 1e3 * (x + 30)  # positive, with a large shared offset, as pooled ReLU features are
+
+    def train(standardize):
+        torch.manual_seed(0)
+        head = build_head(name, 16, 3, standardize=standardize)
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+        loss_fn = make_loss(name, 0.0)
+        head.train()
+        for _ in range(3):
+            for rows in torch.arange(96).split(32):
+                optimizer.zero_grad()
+                loss = loss_fn(head(x[rows]), y[rows])
+                loss.backward()
+                optimizer.step()
+        return head.eval(), loss.item()
+
+    raw, raw_loss = train(False)
+    standardised, loss = train(True)
+    if name == "linear":
+        assert not raw_loss < 1e3
+    assert loss < 0.5
+    assert (standardised(x).argmax(1) == y).float().mean() > 0.95
+    norm = standardised[0]
+    assert torch.allclose(norm.running_mean, x.mean(0), rtol=1e-4)

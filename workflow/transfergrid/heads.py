@@ -12,6 +12,8 @@ builders import torch when they run.
   (``logreg.fit_logreg``), frozen strategy only. The result is an ordinary ``nn.Linear``, so a
   logreg cell's model is a plain TransferModel with a linear head.
 
+A head that SGD trains on a frozen base reads standardised features (``standardizes_features``).
+
 Adding a head is one ``HEADS`` entry (and its builder in ``layers`` if it is a new module).
 """
 
@@ -64,10 +66,32 @@ def check_head_strategy(name: str, strategy: str) -> None:
         raise ValueError(f"head {name!r} is fitted on cached features and needs strategy 'frozen', got {strategy!r}")
 
 
-def build_head(name: str, num_features: int, num_classes: int, options: dict | None = None):
-    """``num_features`` is the head's input width: use ``head_input_size`` to get it from a backbone."""
+def standardizes_features(name: str, strategy: str) -> bool:
+    """Whether the head reads its features through a parameter-free BatchNorm (``layers.standardized``).
+
+    Frozen features differ in scale by orders of magnitude between backbones: pooled features of a
+    random-init ResNet-18 reach 1e4 and more, ImageNet features are O(1). One learning rate per
+    strategy cannot suit both: on the raw random features a linear head at the frozen rate stays
+    near chance and the svm head's loss reached 3e15 (measured on digits). Standardising them, as
+    linear probes usually do (MAE's probe puts an affine-free BatchNorm before its linear layer),
+    makes the rate mean the same on every base. Only when the base never trains: a fine-tuned base
+    adapts its own scale. ``logreg`` standardises inside its scikit-learn fit instead.
+    """
+    return strategy == "frozen" and HEADS[name].fit == "sgd"
+
+
+def build_head(
+    name: str, num_features: int, num_classes: int, options: dict | None = None, standardize: bool = False
+):
+    """``num_features`` is the head's input width: use ``head_input_size`` to get it from a backbone.
+    ``standardize``: see ``standardizes_features``."""
     check_head_options(name, options)
-    return HEADS[name].build(num_features, num_classes, options or {})
+    head = HEADS[name].build(num_features, num_classes, options or {})
+    if standardize:
+        from .layers import standardized
+
+        return standardized(head, num_features)
+    return head
 
 
 def head_input_size(head: str | HeadSpec, backbone) -> int:

@@ -36,3 +36,10 @@ def mlp_head(num_features: int, num_classes: int, options: dict) -> nn.Module:
         width = out
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def standardized(head: nn.Module, num_features: int) -> nn.Module:
+    """``head`` reading its input through a BatchNorm without affine parameters: batch statistics in
+    training, in evaluation the cumulative average of every training batch's (``momentum=None``,
+    exact for fixed features instead of an exponential average that depends on the step count)."""
+    return nn.Sequential(BatchNorm1d(num_features, affine=False, momentum=None), head)
