@@ -116,7 +116,6 @@ def test_training_on_cached_features_is_training_through_the_frozen_network(head
     cell = cell_config(
         strategy="frozen", head=head, head_options={"hidden": [16]} if head == "mlp" else {}, epochs=2, seed=3
     )
-    # The squared hinge on raw resnet features diverges at the helper's lr of 0.05 (1e10 by epoch 2).
     cell = cell.replace(optimizer=replace(cell.optimizer, lr=0.01))
     assert uses_feature_cache(cell.strategy, cell.augment, cell.train_bn)
     images, labels = uint8_images(n=40), torch.arange(40) % 3

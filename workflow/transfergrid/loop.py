@@ -26,7 +26,7 @@ from .strategies import Phase, Strategy
 Log = Callable[[str], None]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # Training has diverged when its epoch loss is not finite, or is this many times the loss of
-# uniform predictions (all-zero scores: ln C for cross-entropy, (C-1)/C for the squared hinge).
+# uniform predictions (all-zero scores: ln C for cross-entropy, (C-1)/C for the hinge).
 # A model that learns nothing stays near 1x; the diverging runs measured here reached 1e8x.
 DIVERGENCE_LOSS_RATIO = 100.0
 
