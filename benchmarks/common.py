@@ -27,6 +27,7 @@ def run_grid(
         sys.executable,
         "-m",
         "snakemake",
+        *targets,  # before --quiet, which would take them as its own values
         "-s",
         str(ROOT / "Snakefile"),
         "--directory",
@@ -34,7 +35,7 @@ def run_grid(
         "--cores",
         cores,
         "--quiet",
-        *targets,
+        "all",  # quiet about everything: the value of --quiet, not a target
     ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
