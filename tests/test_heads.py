@@ -189,7 +189,7 @@ def test_standardised_heads_learn_features_of_any_scale(name):
                 optimizer.step()
         return head.eval(), loss.item()
 
-    raw, raw_loss = train(False)
+    _, raw_loss = train(False)
     standardised, loss = train(True)
     if name == "linear":
         assert not raw_loss < 1e3
