@@ -80,9 +80,7 @@ def standardizes_features(name: str, strategy: str) -> bool:
     return strategy == "frozen" and HEADS[name].fit == "sgd"
 
 
-def build_head(
-    name: str, num_features: int, num_classes: int, options: dict | None = None, standardize: bool = False
-):
+def build_head(name: str, num_features: int, num_classes: int, options: dict | None = None, standardize: bool = False):
     """``num_features`` is the head's input width: use ``head_input_size`` to get it from a backbone.
     ``standardize``: see ``standardizes_features``."""
     check_head_options(name, options)
