@@ -75,7 +75,9 @@ def test_the_target_starts_from_the_pretrained_backbone_with_its_own_head(pretra
     assert not any(k.startswith("fc.") for k in weights["state_dict"])
     for strategy in ("full", "frozen"):
         model = torch.load(cell_dir(workdir, strategy) / "lr1.0" / "model.pt", weights_only=True)
-        assert model["state_dict"]["head.weight"].shape == (len(TARGET_LABELS), 512)
+        # a frozen base's head reads standardised features: its linear layer is head.1
+        key = "head.1.weight" if strategy == "frozen" else "head.weight"
+        assert model["state_dict"][key].shape == (len(TARGET_LABELS), 512)
         assert model["classes"] == [f"digit{label}" for label in TARGET_LABELS]
     # A frozen cell saves its head; rebuilt, its base is the pretrained backbone, tensor for tensor
     # (BatchNorm statistics included).
