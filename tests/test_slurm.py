@@ -2,7 +2,7 @@
 
 tools/slurm-local/start.sh starts munge, slurmctld and slurmd (2 fake GPUs) with a private state
 directory; a 4-cell digits grid then runs once locally and once with
-`snakemake --workflow-profile profiles/slurm` (plus `--slurm-init-seconds-before-status-checks 5`:
+`snakemake --workflow-profile profiles/slurm` (plus `--slurm-init-seconds-before-status-checks 1`:
 the profile's 40 s first status check suits real jobs, not 10-second ones). The tests check that
 every job went through SLURM with the resources the rules and the profile ask for (the GPU jobs
 with --gpus=1), that the cells' evaluation outputs equal the local run's, that a failing cell is
@@ -193,7 +193,7 @@ def slurm_run(cluster, tmp_path_factory):
         "--workflow-profile",
         str(profile),
         "--slurm-init-seconds-before-status-checks",
-        "5",
+        "1",
         *GPU_REQUEST,
         "--verbose",
     )
@@ -219,7 +219,7 @@ def failed_run(slurm_run):
         "--workflow-profile",
         str(slurm_run["profile"]),
         "--slurm-init-seconds-before-status-checks",
-        "5",
+        "1",
         *GPU_REQUEST,  # before the next option: --set-resources takes every word up to it
         "--retries",
         "0",
