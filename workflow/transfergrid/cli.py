@@ -61,13 +61,15 @@ def _add_predict(commands) -> None:
 def _recommend(args: argparse.Namespace) -> int:
     import yaml
 
+    from .config import apply_schema, load_schema
+    from .docs import SCHEMA
     from .quadrant import recommend
 
-    thresholds = {"size_threshold": 100, "similarity_threshold": 0.9}  # the schema's defaults
+    # config.yaml's boundaries, the schema's defaults where it has none
     config_file = Path("config.yaml")
-    if config_file.is_file():
-        configured = ((yaml.safe_load(config_file.read_text()) or {}).get("report") or {}).get("quadrant") or {}
-        thresholds.update(configured)
+    configured = (yaml.safe_load(config_file.read_text()) if config_file.is_file() else None) or {}
+    quadrant = (configured.get("report") or {}).get("quadrant") or {}
+    thresholds = apply_schema({"report": {"quadrant": dict(quadrant)}}, load_schema(SCHEMA))["report"]["quadrant"]
     for key in thresholds:
         if getattr(args, key) is not None:
             thresholds[key] = getattr(args, key)
