@@ -41,35 +41,18 @@ CHUNK = 256  # images generated and written at a time
 TARGET_BYTES = 3 * 1024**3
 
 
-def settings_dict(args: argparse.Namespace) -> dict:
-    """A full-fine-tuning CPU cell with the schema's defaults (batch 32, 1 epoch, precision auto)."""
-    return {
-        "dataset": "synthetic",
-        "fraction": args.fraction,
-        "backbone": args.backbone,
-        "weights": "none",
-        "strategy": "full",
-        "head": "linear",
-        "seed": 0,
-        "image_size": args.size,
-        "epochs": 1,
-        "batch_size": args.batch_size,
-        "augment": "none",
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
-        "schedule": {"name": "step", "step_size": 7, "gamma": 0.1, "warmup_epochs": 0},
-        "label_smoothing": 0.0,
-        "device": "cpu",
-        "precision": "auto",
-        "channels_last": True,
-        "compile": False,
-        "train_bn": False,
-        "early_stopping_patience": None,
-        "discriminative_lr": None,
-        "strategy_options": {},
-        "head_options": {},
-        "features": False,
-        "lr_multiplier": 1.0,
-    }
+def cell_settings_of(args: argparse.Namespace):
+    """A full-fine-tuning CPU cell, one epoch, with the schema's defaults for everything else."""
+    from transfergrid.config import apply_schema, load_schema
+    from transfergrid.docs import SCHEMA
+    from transfergrid.grid import cell_settings
+    from transfergrid.naming import Cell, format_fraction
+
+    train = {"image_size": args.size, "epochs": 1, "batch_size": args.batch_size, "augment": "none", "device": "cpu"}
+    config = apply_schema({"train": train}, load_schema(SCHEMA))
+    return cell_settings(
+        config, Cell("synthetic", format_fraction(args.fraction), args.backbone, "none", "full", "linear", 0)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,10 +105,9 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     threads = args.threads
     if name == "train":
         from transfergrid.cell import CellInputs, train_candidate
-        from transfergrid.settings import CellSettings
 
         inputs = CellInputs(split=workdir / "split.csv", classes=workdir / "classes.json", cache=cache)
-        result = train_candidate(CellSettings.from_dict(settings_dict(args)), inputs, candidate, threads, log=print)
+        result = train_candidate(cell_settings_of(args), inputs, candidate, threads, log=print)
         return {"train_rows": result.summary["num_train"], "val_rows": result.summary["num_val"]}
     if name == "evaluate":
         from transfergrid.evaluate import evaluate_network_cell
