@@ -64,7 +64,7 @@ def verdict(label: str, config: dict) -> None:
             f"   test {row.test_top1_mean:.3f} ± {row.test_top1_ci_half_width:.3f}   {row.comparison}"
         )
     best = recipes.sort_values("val_acc_mean", ascending=False).iloc[0]
-    tied = recipes[recipes.comparison.isin(["best", "indistinguishable", "better"])]
+    tied = recipes[recipes.in_top_group]
     print(f"  verdict: {best.strategy} is best on validation; top group: {', '.join(tied.strategy)}", flush=True)
 
 

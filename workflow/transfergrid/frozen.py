@@ -21,7 +21,7 @@ from .batches import feature_batches
 from .cell import CandidateResult, record_candidate
 from .errors import DivergedError, TransferGridError
 from .features import HeadOnlyModel, load_features
-from .heads import HEADS, build_head, make_loss, standardizes_features
+from .heads import HEADS, build_cell_head, make_loss
 from .io import read_json
 from .logreg import fit_logreg_on_features
 from .loop import FitResult, Log, evaluate, fit
@@ -57,8 +57,7 @@ def head_model(settings: CellSettings, payload: dict, num_classes: int) -> HeadO
     builds it after the (RNG-isolated) backbone: the same seed gives the same initial weights."""
     seed_everything(settings.seed)
     width = payload[HEADS[settings.head].input].shape[1]
-    standardize = standardizes_features(settings.head, settings.strategy)
-    head = build_head(settings.head, width, num_classes, settings.head_options, standardize=standardize)
+    head = build_cell_head(settings, width, num_classes)
     aux = int(payload["aux_features"] or 0)
     frozen = int(payload["backbone_params"]) + (aux * num_classes + num_classes if aux else 0)
     return HeadOnlyModel(head, frozen, int(payload["num_stages"]))

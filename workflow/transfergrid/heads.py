@@ -92,6 +92,14 @@ def build_head(name: str, num_features: int, num_classes: int, options: dict | N
     return head
 
 
+def build_cell_head(settings, num_features: int, num_classes: int):
+    """A cell's fresh head (``settings``: a CellSettings), standardising its input where
+    ``standardizes_features`` says so: the network and the cached-features path both build it here,
+    so the two stay the same experiment."""
+    standardize = standardizes_features(settings.head, settings.strategy)
+    return build_head(settings.head, num_features, num_classes, settings.head_options, standardize=standardize)
+
+
 def head_input_size(head: str | HeadSpec, backbone) -> int:
     """The width of what the head consumes: ``num_features`` (pooled) or ``feature_channels`` (spatial)."""
     spec = HEADS[head] if isinstance(head, str) else head

@@ -10,7 +10,7 @@ from torch import nn
 
 from .backbones import resolve_backbone
 from .backbones.build import Backbone, build_backbone
-from .heads import HEADS, build_head, head_input_size, standardizes_features
+from .heads import HEADS, build_cell_head, head_input_size
 from .settings import CellSettings
 from .strategies import Phase
 
@@ -146,13 +146,7 @@ def build_model(settings: CellSettings, num_classes: int, weights_file: Path | N
     """Backbone (random or from the weights file) plus a freshly initialised head."""
     backbone = build_base(settings.backbone, weights_file, settings.seed)
     head_spec = HEADS[settings.head]
-    head = build_head(
-        settings.head,
-        head_input_size(head_spec, backbone),
-        num_classes,
-        settings.head_options,
-        standardize=standardizes_features(settings.head, settings.strategy),
-    )
+    head = build_cell_head(settings, head_input_size(head_spec, backbone), num_classes)
     model = TransferModel(
         backbone, head, num_classes, spatial_head=head_spec.input == "spatial", train_bn=settings.train_bn
     )
