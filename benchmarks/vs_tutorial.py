@@ -1,6 +1,7 @@
 """transfergrid against the loop it replaces: the PyTorch transfer-learning tutorial.
 
     .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
+        [--only full|frozen] [--compile] [--no-report] [--fashion DIR] [--photos DIR]
 
 Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
 (Debian package dataset-fashion-mnist), upscaled and tinted, so that accuracy means something;
@@ -67,10 +68,10 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_photos(root: Path) -> Path:
+def write_photos(root: Path, fashion: Path = FASHION) -> Path:
     """JPEGs of 500 x 375: each a Fashion-MNIST item, upscaled, tinted and on a noisy background."""
-    images = read_idx(FASHION / "train-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    images = read_idx(fashion / "train-images-idx3-ubyte.gz")
+    labels = read_idx(fashion / "train-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(0)
     for label, name in CLASSES.items():
         picks = iter(rng.permutation(np.flatnonzero(labels == label)))
@@ -207,12 +208,14 @@ def transfergrid_config(photos: Path, recipe: str, epochs: int, compile: bool = 
     }
 
 
-def run_transfergrid(photos: Path, recipe: str, epochs: int, workdir: Path, compile: bool = False) -> pd.DataFrame:
+def run_transfergrid(
+    photos: Path, recipe: str, epochs: int, workdir: Path, compile: bool = False, report: bool = True
+) -> pd.DataFrame:
     """The cell to its test metrics and the grid's summary (what the tutorial's loop delivers, and
     more), timed cold; then the report, which the tutorial has no counterpart of, timed apart."""
     config = transfergrid_config(photos, recipe, epochs, compile)
     seconds, workdir = run_grid(config, keep=workdir, targets=("results/summary.csv",))
-    report_seconds, _ = run_grid(config, keep=workdir)
+    report_seconds = run_grid(config, keep=workdir)[0] if report else float("nan")
     summary = pd.read_csv(workdir / "results" / "summary.csv")
     history = pd.read_csv(Path(workdir) / summary.candidate_dir.iloc[0] / "history.csv")
     history.attrs.update(
@@ -247,12 +250,12 @@ def report(name: str, tutorial: pd.DataFrame, grid: pd.DataFrame, label: str = "
     t_epoch = (tutorial.train_seconds + tutorial.val_seconds).mean()
     g_epoch = grid.seconds.mean()
     print(f"\n== {name}: {len(tutorial)} epochs ==")
-    print(f"{'':28}{'tutorial (batch 4)':>20}{label:>16}{'ratio':>8}")
-    print(f"{'train images/s':28}{t_train:20.1f}{g_train:16.1f}{g_train / t_train:7.2f}x")
-    print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:16.1f}{t_epoch / g_epoch:7.2f}x")
+    print(f"{'':28}{'tutorial (batch 4)':>20}{label:>16}{'ratio':>10}")
+    print(f"{'train images/s':28}{t_train:20.1f}{g_train:16.1f}{g_train / t_train:9.2f}x")
+    print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:16.1f}{t_epoch / g_epoch:9.2f}x")
     print(
         f"{'whole run, seconds':28}{tutorial.attrs['wall']:20.1f}{grid.attrs['wall']:16.1f}"
-        f"{tutorial.attrs['wall'] / grid.attrs['wall']:7.2f}x"
+        f"{tutorial.attrs['wall'] / grid.attrs['wall']:9.2f}x"
     )
     print(f"{'  then the report, seconds':28}{'-':>20}{grid.attrs['report']:16.1f}")
     print(f"{'best val accuracy':28}{tutorial.best_val_acc.iloc[-1]:20.3f}{grid.val_acc.max():16.3f}")
@@ -266,16 +269,27 @@ def main() -> None:
     parser.add_argument("--contention", action="store_true")
     parser.add_argument("--only", choices=["full", "frozen"])
     parser.add_argument("--compile", action="store_true", help="fine-tune once more with train.compile: true")
+    parser.add_argument(
+        "--fashion",
+        type=Path,
+        default=FASHION,
+        help="folder of Fashion-MNIST's train-*-ubyte.gz files (the Debian package's by default)",
+    )
+    parser.add_argument("--photos", type=Path, help="photo folder to use and keep: written there first if missing")
+    parser.add_argument("--no-report", action="store_true", help="stop at the cells' metrics (no report run)")
     args = parser.parse_args()
-    if not FASHION.is_dir():
-        raise SystemExit(f"needs {FASHION}: apt-get install dataset-fashion-mnist")
+    if not (args.photos and args.photos.is_dir()) and not args.fashion.is_dir():
+        raise SystemExit(f"needs {args.fashion}: apt-get install dataset-fashion-mnist")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(os.cpu_count())
     scratch = Path(tempfile.mkdtemp(prefix="transfergrid-vs-tutorial-"))
     neighbour = busy_neighbour() if args.contention else None
     try:
-        photos = write_photos(scratch / "photos")
+        if args.photos and args.photos.is_dir():
+            photos = args.photos
+        else:
+            photos = write_photos(args.photos or scratch / "photos", args.fashion)
         print(f"device {device}; photos in {photos}; contention: {bool(neighbour)}")
         recipes = [
             ("full", "fine-tune", args.finetune_epochs),
@@ -287,11 +301,13 @@ def main() -> None:
             print(f"\n{name}: the tutorial's loop")
             tutorial = run_tutorial(photos, recipe, epochs, device)
             print(f"{name}: transfergrid")
-            grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}")
+            grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}", report=not args.no_report)
             report(name, tutorial, grid)
             if args.compile and recipe == "full":
                 print(f"{name}: transfergrid with train.compile: true")
-                compiled = run_transfergrid(photos, recipe, epochs, scratch / "grid-compiled", compile=True)
+                compiled = run_transfergrid(
+                    photos, recipe, epochs, scratch / "grid-compiled", compile=True, report=not args.no_report
+                )
                 report(name, tutorial, compiled, "tg + compile")
     finally:
         if neighbour is not None:

@@ -31,6 +31,7 @@ def cell_config(**overrides) -> CellSettings:
         "precision": "fp32",
         "channels_last": False,
         "compile": False,
+        "cudnn_benchmark": False,
         "train_bn": False,
         "early_stopping_patience": None,
         "discriminative_lr": None,

@@ -56,3 +56,22 @@ def test_strategies_train_on_the_gpu(strategy):
     assert not any(k.startswith(frozen_prefixes) for k in changed) if frozen_prefixes else changed
     assert ("head.1.weight" if strategy == "frozen" else "head.weight") in changed  # frozen: standardised input
     assert len(result.history) == cell.epochs
+
+
+def test_depthwise_convolutions_leave_cudnn_on_the_gpu():
+    """Channels-last depthwise convolutions go to cuDNN, which compiles a kernel per layer at run
+    time; prepare_model keeps them in NCHW order, where PyTorch's own kernel runs them."""
+    from transfergrid.runtime import prepare_model
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32).cuda().to(memory_format=torch.channels_last)
+    reference = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32).cuda()
+    reference.load_state_dict(conv.state_dict())
+    prepare_model(conv, "bf16", torch.device("cuda"))
+    x = torch.randn(4, 32, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = conv(x)
+        expected = reference(x)
+    out.float().sum().backward()
+    assert conv.weight.stride() == (9, 9, 3, 1) and conv.weight.grad is not None
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)

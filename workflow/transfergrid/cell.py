@@ -23,7 +23,7 @@ from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
 from .loop import FitResult, Log, fit
 from .model import build_model
-from .runtime import apply_precision, prepare_job, resolve_precision
+from .runtime import peak_memory_mb, prepare_job, prepare_model, reset_peak_memory, resolve_precision
 from .settings import CellSettings, write_settings
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -67,14 +67,15 @@ def train_candidate(
 ) -> CandidateResult:
     """Train one candidate through the network and write its directory. With a checkpoint path,
     the fit is saved every epoch, resumed when the job runs again, and removed at the end."""
-    device = prepare_job(threads, settings.device, settings.seed)
+    device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
+    reset_peak_memory(device)
     split = read_split(inputs.split)
     classes = read_json(inputs.classes)["classes"]
     rows = {"train": fraction_rows(split, settings.fraction), "val": split_rows(split, "val")}
     log(f"cell {settings.to_dict()}; device {device}; {len(rows['train'])} train / {len(rows['val'])} val images")
 
     model = build_model(settings, len(classes), inputs.weights).to(device)
-    apply_precision(model, resolve_precision(settings.precision, device), device)
+    prepare_model(model, resolve_precision(settings.precision, device), device)
     if settings.compile:
         # The forward alone: the module and its state-dict keys stay as they are.
         model.forward = torch.compile(model.forward)
@@ -102,6 +103,7 @@ def train_candidate(
         "num_classes": len(classes),
         "wall_seconds": time.perf_counter() - started,
         "device": str(device),
+        "peak_gpu_memory_mb": peak_memory_mb(device),
     }
     recorded = record_candidate(out_dir, settings, classes, result, info, head_only=False, log=log)
     if checkpoint is not None:

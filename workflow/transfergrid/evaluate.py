@@ -25,7 +25,7 @@ from .io import atomic_path, read_json, write_json
 from .loop import predict
 from .metrics import classification_metrics
 from .model import build_model
-from .runtime import prepare_job, resolve_device
+from .runtime import prepare_job, prepare_model, resolve_device, resolve_precision
 from .settings import CellSettings
 from .split import read_split, split_rows
 
@@ -89,7 +89,8 @@ def load_trained_model(model_file: Path, weights_file: Path | None = None):
     else:
         model = build_model(settings, len(classes), weights_file=None)
         model.load_state_dict(checkpoint["state_dict"])
-    return model.to(resolve_device(settings.device)), settings, classes
+    device = resolve_device(settings.device)
+    return prepare_model(model.to(device), resolve_precision(settings.precision, device), device), settings, classes
 
 
 # ----------------------------------------------------------------------------------------------

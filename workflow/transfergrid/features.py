@@ -33,7 +33,7 @@ from .batches import GPU_EVAL_BATCH_SIZE, TensorBatches
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
-from .runtime import autocast, prepare_job, resolve_precision
+from .runtime import autocast, prepare_job, prepare_model, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,10 @@ def build_feature_cache(
     torch_device = prepare_job(threads, device)
     if torch_device.type == "cuda":
         batch_size = max(batch_size, GPU_EVAL_BATCH_SIZE)
-    net = source.build()
+    precision = resolve_precision(precision, torch_device)
+    net = prepare_model(source.build(), precision, torch_device)
     images, labels = load_cache(image_cache)
     started = time.perf_counter()
-    precision = resolve_precision(precision, torch_device)
     features = extract_features(
         net, images, source.normalisation, batch_size, torch_device, precision=precision, channels_last=channels_last
     )

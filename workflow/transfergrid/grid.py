@@ -163,6 +163,7 @@ def cell_settings(config: dict, cell: Cell) -> CellSettings:
         precision=train["precision"],
         channels_last=bool(train["channels_last"]),
         compile=bool(train["compile"]),
+        cudnn_benchmark=bool(train["cudnn_benchmark"]),
         train_bn=bool(train["train_bn"]),
         early_stopping_patience=train["early_stopping_patience"],
         discriminative_lr=train["discriminative_lr"],

@@ -46,7 +46,11 @@ def train_one_epoch(
     """(mean training loss, training accuracy, number of class scores) of one epoch."""
     model.train()
     device = model_device(model)
-    total_loss, correct, seen = 0.0, 0, 0
+    # Summed on the device and read once per epoch: a `.item()` per step would make the host wait
+    # for the GPU at every step instead of queueing the next one.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for images, labels in batches:
         with autocast(precision, device):
             outputs = model(images)
@@ -57,11 +61,11 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        total_loss += loss.detach().double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         failpoint("mid_epoch", epoch)
-    return total_loss / seen, correct / seen, logits.shape[1]
+    return total_loss.item() / seen, correct.item() / seen, logits.shape[1]
 
 
 @torch.inference_mode()

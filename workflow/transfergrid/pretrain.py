@@ -17,7 +17,7 @@ from .io import read_json
 from .loop import fit
 from .model import build_model
 from .naming import PRETRAIN_PREFIX
-from .runtime import apply_precision, prepare_job, resolve_precision
+from .runtime import prepare_job, prepare_model, resolve_precision
 from .settings import PretrainJob
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -56,7 +56,7 @@ def pretrain_backbone(
     """Train the backbone from scratch on the source dataset's train split (class subset if given,
     labels renumbered), choose the epoch on its val split, and save the backbone's state."""
     settings = job.settings
-    device = prepare_job(threads, settings.device, settings.seed)
+    device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
     names = read_json(classes_json)["classes"]
     keep = select_classes(names, job.classes, f"config key 'pretrain.{job.name}.classes'")
     images, labels = load_cache(cache)
@@ -77,7 +77,7 @@ def pretrain_backbone(
     )
 
     model = build_model(settings, len(keep), None).to(device)
-    apply_precision(model, resolve_precision(settings.precision, device), device)
+    prepare_model(model, resolve_precision(settings.precision, device), device)
     checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict()) if checkpoint_path else None
     result = fit(
         model,

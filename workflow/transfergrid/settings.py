@@ -52,6 +52,7 @@ class CellSettings:
     precision: str  # "auto", "fp32" or "bf16" (resolved on the machine that runs the job)
     channels_last: bool
     compile: bool
+    cudnn_benchmark: bool
     train_bn: bool
     early_stopping_patience: int | None
     discriminative_lr: float | None

@@ -1,0 +1,38 @@
+"""What runtime.prepare_model does to a network for its device and precision (on the CPU; the CUDA
+side of the depthwise rule also runs in test_gpu.py on a GPU machine)."""
+
+import torch
+
+from transfergrid.runtime import prepare_model, standard_order_depthwise_convolutions
+
+
+def depthwise_net() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 1),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        torch.nn.Conv2d(8, 4, 1),
+    )
+
+
+def test_standard_order_depthwise_keeps_what_the_network_computes():
+    net = depthwise_net().to(memory_format=torch.channels_last)
+    reference = depthwise_net().to(memory_format=torch.channels_last)
+    keys = list(net.state_dict())
+    standard_order_depthwise_convolutions(net)
+    assert net[1].weight.stride() == (9, 1, 3, 1)  # channels-last until first used
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    out = net(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, reference(x))
+    assert net[1].weight.stride() == (9, 9, 3, 1)  # reordered once, in place: still the same parameter
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert list(net.state_dict()) == keys and net[1].weight.grad is not None
+    assert "forward" not in net[0].__dict__ and "forward" not in net[2].__dict__  # dense layers untouched
+
+
+def test_prepare_model_on_a_cpu_changes_only_bf16_training():
+    fp32 = prepare_model(depthwise_net(), "fp32", torch.device("cpu"))
+    assert not any("forward" in module.__dict__ for module in fp32.modules())
+    bf16 = prepare_model(depthwise_net(), "bf16", torch.device("cpu"))
+    assert "forward" in bf16[1].__dict__ and "forward" not in bf16[0].__dict__
