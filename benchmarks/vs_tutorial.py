@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
         [--only full|frozen] [--compile] [--no-report] [--fashion DIR] [--photos DIR]
+        [--save-fashion-subset DIR]
 
 Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
 (Debian package dataset-fashion-mnist), upscaled and tinted, so that accuracy means something;
@@ -66,6 +67,24 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     shape = np.frombuffer(data[4 : 4 + 4 * ndim], dtype=">u4")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (Fashion-MNIST's format), gzipped."""
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes() + array.tobytes())
+
+
+def save_fashion_subset(out_dir: Path, fashion: Path = FASHION, per_class: int = 400) -> Path:
+    """The first ``per_class`` items of the two classes the photos use, as a Fashion-MNIST folder of
+    ~0.4 MB: enough for ``write_photos`` on a machine without the Debian package (a GPU machine)."""
+    images = read_idx(fashion / "train-images-idx3-ubyte.gz")
+    labels = read_idx(fashion / "train-labels-idx1-ubyte.gz")
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == label)[:per_class] for label in CLASSES]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_idx(out_dir / "train-images-idx3-ubyte.gz", images[keep])
+    write_idx(out_dir / "train-labels-idx1-ubyte.gz", labels[keep])
+    return out_dir
 
 
 def write_photos(root: Path, fashion: Path = FASHION) -> Path:
@@ -277,7 +296,13 @@ def main() -> None:
     )
     parser.add_argument("--photos", type=Path, help="photo folder to use and keep: written there first if missing")
     parser.add_argument("--no-report", action="store_true", help="stop at the cells' metrics (no report run)")
+    parser.add_argument(
+        "--save-fashion-subset", type=Path, metavar="DIR", help="write the items the photos use to DIR and stop"
+    )
     args = parser.parse_args()
+    if args.save_fashion_subset:
+        print(f"Fashion-MNIST subset for --fashion: {save_fashion_subset(args.save_fashion_subset, args.fashion)}")
+        return
     if not (args.photos and args.photos.is_dir()) and not args.fashion.is_dir():
         raise SystemExit(f"needs {args.fashion}: apt-get install dataset-fashion-mnist")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
