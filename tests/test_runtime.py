@@ -20,12 +20,15 @@ def test_standard_order_depthwise_keeps_what_the_network_computes():
     reference = depthwise_net().to(memory_format=torch.channels_last)
     keys = list(net.state_dict())
     standard_order_depthwise_convolutions(net)
-    assert net[1].weight.stride() == (9, 1, 3, 1)  # channels-last until first used
+    assert net[1].weight.stride() == (9, 9, 3, 1)  # reordered in place: still the same parameter
+    net.to(memory_format=torch.channels_last)  # as feature extraction does: reordered again when used
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x)
     out = net(x)
-    out.sum().backward()
+    out.sum().backward()  # the weight reordered under inference_mode still trains
     torch.testing.assert_close(out, reference(x))
-    assert net[1].weight.stride() == (9, 9, 3, 1)  # reordered once, in place: still the same parameter
+    assert net[1].weight.stride() == (9, 9, 3, 1)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert list(net.state_dict()) == keys and net[1].weight.grad is not None
     assert "forward" not in net[0].__dict__ and "forward" not in net[2].__dict__  # dense layers untouched

@@ -131,10 +131,16 @@ def standard_order_depthwise_convolutions(model: torch.nn.Module) -> torch.nn.Mo
 def _standard_order_forward(module: torch.nn.Conv2d, forward):
     standard_strides = torch.empty(module.weight.shape, device="meta").stride()
 
+    def standard_order_weight() -> None:
+        if module.weight.stride() != standard_strides:
+            # A normal tensor even when first used under inference_mode, so training can follow.
+            with torch.inference_mode(False), torch.no_grad():
+                module.weight.data = module.weight.data.clone(memory_format=torch.contiguous_format)
+
+    standard_order_weight()
+
     def standard_order_forward(x: torch.Tensor) -> torch.Tensor:
-        weight = module.weight
-        if weight.stride() != standard_strides:
-            weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+        standard_order_weight()  # again if the model was moved to channels-last since
         channels_last = x.dim() == 4 and not x.is_contiguous()
         out = forward(x.contiguous())
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
