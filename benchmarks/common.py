@@ -3,6 +3,7 @@ benchmarks print figures, the machines are shared and noisy)."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,12 @@ def default_config() -> dict:
 
 def cleanup(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def train_rates(candidate_dir: Path, num_train: int) -> tuple[list[float], float]:
+    """Train images per second of each epoch of a trained candidate (from its history.csv), and
+    of its steady epochs together: every epoch after the first, which carries the warm-up."""
+    with open(Path(candidate_dir) / "history.csv") as handle:
+        seconds = [float(row["train_seconds"]) for row in csv.DictReader(handle)]
+    steady = seconds[1:] or seconds
+    return [num_train / s for s in seconds], num_train * len(steady) / sum(steady)

@@ -15,7 +15,6 @@ test accuracy, and the lease lines of the logs. Needs a CUDA GPU. Figures only, 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import run_grid
+from common import run_grid, train_rates
 
 
 def grid_config(size: int, epochs: int, device: str = "cuda", seeds: tuple[int, ...] = (0, 1)) -> dict:
@@ -43,13 +42,6 @@ def grid_config(size: int, epochs: int, device: str = "cuda", seeds: tuple[int, 
         "train": {"image_size": size, "epochs": epochs, "batch_size": 64, "augment": "none", "device": device},
         "resources": {"train_threads": 2, "cache_threads": 4},
     }
-
-
-def steady_images_per_second(candidate: Path, num_train: int) -> float | None:
-    with open(candidate / "history.csv") as handle:
-        seconds = [float(row["train_seconds"]) for row in csv.DictReader(handle)]
-    steady = seconds[1:] or seconds
-    return num_train * len(steady) / sum(steady) if steady and sum(steady) > 0 else None
 
 
 def main() -> None:
@@ -72,9 +64,7 @@ def main() -> None:
     for cell in summary.itertuples():
         candidate = workdir / cell.candidate_dir
         train = json.loads((candidate / "train.json").read_text())
-        rate = (
-            steady_images_per_second(candidate, train["num_train"]) if train.get("fit") == "through_network" else None
-        )
+        rate = train_rates(candidate, train["num_train"])[1] if train.get("fit") == "through_network" else None
         memory = train.get("peak_gpu_memory_mb")
         rows.append(
             {

@@ -23,7 +23,6 @@ assertions; time it alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))  # this checkout's package, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import train_rates  # noqa: E402
 from memory import write_dataset  # noqa: E402
 
 FRACTION = 1.0
@@ -74,15 +74,12 @@ def run_variant(args: argparse.Namespace, workdir: Path, cache: Path, variant: s
     summary = result.summary
     if summary["status"] != "trained":
         raise SystemExit(f"{variant}: {summary['reason']}")
-    with open(workdir / variant / "history.csv") as handle:
-        history = list(csv.DictReader(handle))
-    per_epoch = [summary["num_train"] / float(row["train_seconds"]) for row in history]
-    steady = per_epoch[1:] or per_epoch
+    per_epoch, steady = train_rates(workdir / variant, summary["num_train"])
     return {
         "variant": variant,
         "per_epoch": per_epoch,
-        "steady": len(steady) * summary["num_train"] / sum(summary["num_train"] / rate for rate in steady),
-        "whole_job": summary["num_train"] * len(history) / job_seconds,
+        "steady": steady,
+        "whole_job": summary["num_train"] * len(per_epoch) / job_seconds,
         "job_seconds": job_seconds,
         "num_train": summary["num_train"],
         "num_val": summary["num_val"],
