@@ -3,6 +3,7 @@ benchmarks print figures, the machines are shared and noisy)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import shutil
 import subprocess
@@ -58,3 +59,12 @@ def train_rates(candidate_dir: Path, num_train: int) -> tuple[list[float], float
         seconds = [float(row["train_seconds"]) for row in csv.DictReader(handle)]
     steady = seconds[1:] or seconds
     return [num_train / s for s in seconds], num_train * len(steady) / sum(steady)
+
+
+def child_command(script: str, child: str, workdir: Path, args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
+    """The command that runs ``script`` again as a child process doing ``child`` (a job, a variant),
+    with the given options of ``args`` passed on: each measured job pays its own start-up."""
+    command = [sys.executable, script, "--child", child, "--workdir", str(workdir)]
+    for key in keys:
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return command

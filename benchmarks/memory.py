@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import child_command
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))  # this checkout's package, not an installed one
@@ -142,9 +143,8 @@ def read_chars() -> int:
 
 def measure(name: str, args: argparse.Namespace) -> dict:
     """Run one job in a child process; its peak RSS from wait4, its own report from stdout."""
-    command = [sys.executable, __file__, "--child", name, "--workdir", str(args.workdir)]
-    for key in ("images", "size", "fraction", "backbone", "batch_size", "threads"):
-        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    keys = ("images", "size", "fraction", "backbone", "batch_size", "threads")
+    command = child_command(__file__, name, args.workdir, args, keys)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))  # this checkout's package, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import train_rates  # noqa: E402
+from common import child_command, train_rates  # noqa: E402
 from memory import write_dataset  # noqa: E402
 
 FRACTION = 1.0
@@ -91,9 +91,8 @@ def run_variant(args: argparse.Namespace, workdir: Path, cache: Path, variant: s
 
 def measure(args: argparse.Namespace, workdir: Path, variant: str) -> dict:
     """One variant in a child process, as a Snakemake job: it pays its own CUDA start-up."""
-    command = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir)]
-    for key in ("backbone", "images", "size", "batch_size", "epochs", "device", "threads"):
-        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    keys = ("backbone", "images", "size", "batch_size", "epochs", "device", "threads")
+    command = child_command(__file__, variant, workdir, args, keys)
     output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 

@@ -1,7 +1,7 @@
 """transfergrid against the loop it replaces: the PyTorch transfer-learning tutorial.
 
     .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
-        [--only full|frozen] [--compile] [--no-report] [--fashion DIR] [--photos DIR]
+        [--only full|frozen] [--compile] [--no-report] [--fashion DIR]
         [--save-fashion-subset DIR]
 
 Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
@@ -294,7 +294,6 @@ def main() -> None:
         default=FASHION,
         help="folder of Fashion-MNIST's train-*-ubyte.gz files (the Debian package's by default)",
     )
-    parser.add_argument("--photos", type=Path, help="photo folder to use and keep: written there first if missing")
     parser.add_argument("--no-report", action="store_true", help="stop at the cells' metrics (no report run)")
     parser.add_argument(
         "--save-fashion-subset", type=Path, metavar="DIR", help="write the items the photos use to DIR and stop"
@@ -303,7 +302,7 @@ def main() -> None:
     if args.save_fashion_subset:
         print(f"Fashion-MNIST subset for --fashion: {save_fashion_subset(args.save_fashion_subset, args.fashion)}")
         return
-    if not (args.photos and args.photos.is_dir()) and not args.fashion.is_dir():
+    if not args.fashion.is_dir():
         raise SystemExit(f"needs {args.fashion}: apt-get install dataset-fashion-mnist")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -311,10 +310,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="transfergrid-vs-tutorial-"))
     neighbour = busy_neighbour() if args.contention else None
     try:
-        if args.photos and args.photos.is_dir():
-            photos = args.photos
-        else:
-            photos = write_photos(args.photos or scratch / "photos", args.fashion)
+        photos = write_photos(scratch / "photos", args.fashion)
         print(f"device {device}; photos in {photos}; contention: {bool(neighbour)}")
         recipes = [
             ("full", "fine-tune", args.finetune_epochs),
