@@ -14,7 +14,13 @@ from helpers import cell_config
 from transfergrid.batches import feature_batches, make_batches
 from transfergrid.cell import CellInputs, train_candidate
 from transfergrid.errors import TransferGridError
-from transfergrid.evaluate import choose_candidate, evaluate_frozen_group, evaluate_network_cell, load_trained_model
+from transfergrid.evaluate import (
+    choose_candidate,
+    evaluate_frozen_group,
+    evaluate_network_cell,
+    load_trained_model,
+    load_trained_network,
+)
 from transfergrid.features import FeatureSource, build_feature_cache, load_features
 from transfergrid.frozen import FrozenCandidate, fit_frozen_group
 from transfergrid.grid import candidate_settings
@@ -78,9 +84,11 @@ def test_a_frozen_head_on_features_rebuilds_as_the_network_it_validated(tiny_dat
     features = features_for_seed(tiny_dataset, 2)
     (result,) = fit_frozen(tiny_dataset, cell, features)
     assert result.summary["status"] == "trained" and result.summary["fit"] == "fit_head_by_sgd"
-    model, settings, _ = load_trained_model(tiny_dataset / "cell" / "lr1.0" / "model.pt")
+    saved, _, _ = load_trained_network(tiny_dataset / "cell" / "lr1.0" / "model.pt")
     reference = build_model(cell, 3, None)
-    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in reference.backbone.state_dict().items())
+    assert all(torch.equal(v, saved.backbone.state_dict()[k]) for k, v in reference.backbone.state_dict().items())
+    # What test evaluation and predict run: the same network with its batch norms folded.
+    model, settings, _ = load_trained_model(tiny_dataset / "cell" / "lr1.0" / "model.pt")
     images, labels = load_cache(tiny_dataset / "cache.npy")
     rows = split_rows(read_split(tiny_dataset / "split.csv"), "val")
     cpu = torch.device("cpu")
@@ -141,7 +149,9 @@ def test_network_candidates_then_one_test_evaluation_of_the_chosen_one(tiny_data
     import transfergrid.evaluate as evaluate_module
 
     original = evaluate_module.load_trained_model
-    monkeypatch.setattr(evaluate_module, "load_trained_model", lambda path: loaded.append(path) or original(path))
+    monkeypatch.setattr(
+        evaluate_module, "load_trained_model", lambda path, **options: loaded.append(path) or original(path, **options)
+    )
     metrics = evaluate_network_cell(
         [r.out_dir for r in results], tiny_dataset / "cache.npy", tiny_dataset / "split.csv", tiny_dataset / "cell"
     )

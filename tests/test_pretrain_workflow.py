@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from test_workflow import grid_config, planned_jobs, snakemake, write_config
 
-from transfergrid.evaluate import load_trained_model
+from transfergrid.evaluate import load_trained_network
 from transfergrid.io import read_json
 from transfergrid.naming import Cell
 
@@ -81,7 +81,7 @@ def test_the_target_starts_from_the_pretrained_backbone_with_its_own_head(pretra
         assert model["classes"] == [f"digit{label}" for label in TARGET_LABELS]
     # A frozen cell saves its head; rebuilt, its base is the pretrained backbone, tensor for tensor
     # (BatchNorm statistics included).
-    frozen, _, _ = load_trained_model(
+    frozen, _, _ = load_trained_network(
         cell_dir(workdir, "frozen") / "lr1.0" / "model.pt", workdir / "results/weights/resnet18/pretrain-digits04.pt"
     )
     for key, value in weights["state_dict"].items():

@@ -8,7 +8,7 @@ rule evaluate_cell:
         summaries=lambda wildcards: candidate_files(wildcards, "train.json"),
         cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",
-        code=[package_source("evaluate.py"), package_source("metrics.py")],
+        code=[package_source(name) for name in ("evaluate.py", "metrics.py", "folding.py")],
     output:
         metrics=f"{CELL_PATTERN}/test.json",
         selection=f"{CELL_PATTERN}/selection.json",

@@ -6,6 +6,8 @@ rule extract_features:
     input:
         cache="results/cache/{dataset}/{size}px.npy",
         weights=weights_file,
+        # The backbone runs with its batch norms folded: editing that code extracts again.
+        code=package_source("folding.py"),
     output:
         features="results/features/{dataset}/{size}px/{backbone}/{weights}/{init}.pt",
     log:

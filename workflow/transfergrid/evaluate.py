@@ -19,6 +19,7 @@ import torch
 from .batches import feature_batches, make_batches
 from .errors import TransferGridError
 from .features import head_state_into_model, load_features
+from .folding import fold_batch_norms
 from .frozen import head_model
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
@@ -75,9 +76,10 @@ def choose_candidate(candidate_dirs: list[Path]) -> tuple[Path, dict]:
 # Trained models
 
 
-def load_trained_model(model_file: Path, weights_file: Path | None = None):
-    """A candidate's model on its device, with its settings and class names. A head-only model
-    (frozen cells on cached features) gets its frozen base rebuilt from its starting weights."""
+def load_trained_network(model_file: Path, weights_file: Path | None = None):
+    """A candidate's trained network on the CPU, exactly as it was saved, with its settings and
+    class names. A head-only model (frozen cells on cached features) gets its frozen base rebuilt
+    from its starting weights."""
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
     if checkpoint.get("state_dict") is None:
         raise TransferGridError(f"{model_file} holds no trained model (its training diverged)")
@@ -89,8 +91,21 @@ def load_trained_model(model_file: Path, weights_file: Path | None = None):
     else:
         model = build_model(settings, len(classes), weights_file=None)
         model.load_state_dict(checkpoint["state_dict"])
+    return model, settings, classes
+
+
+def load_trained_model(model_file: Path, weights_file: Path | None = None, log=print):
+    """``load_trained_network`` made ready for inference (test evaluation, predict): batch norms
+    folded into their convolutions, on its device, prepared for its precision."""
+    model, settings, classes = load_trained_network(model_file, weights_file)
+    model = fold_batch_norms(model, lambda net, x: net(x), example_images(settings.image_size), log)
     device = resolve_device(settings.device)
     return prepare_model(model.to(device), resolve_precision(settings.precision, device), device), settings, classes
+
+
+def example_images(size: int) -> torch.Tensor:
+    """Two random normalised RGB images: the shape the network runs on (values do not matter)."""
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +173,7 @@ def evaluate_network_cell(
     """Choose the candidate on val, run its network on the test images, write the test outputs."""
     chosen, selection = choose_candidate(candidate_dirs)
     torch.set_num_threads(threads)
-    model, settings, classes = load_trained_model(chosen / "model.pt")
+    model, settings, classes = load_trained_model(chosen / "model.pt", log=log)
     device = next(model.parameters()).device
     images, labels = load_cache(cache)
     rows = split_rows(read_split(split_csv), "test")

@@ -30,6 +30,7 @@ from torch import nn
 
 from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
 from .batches import GPU_EVAL_BATCH_SIZE, TensorBatches
+from .folding import fold_batch_norms
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
@@ -94,6 +95,20 @@ def extract_features(
     return {"pooled": torch.cat(pooled), "spatial": torch.cat(spatial)}
 
 
+def pooled_and_spatial(backbone: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Both outputs of one batch, side by side (what ``fold_batch_norms`` checks)."""
+    fmap = backbone.forward_features(batch)
+    return torch.cat([backbone.pool(fmap).flatten(1), backbone.global_average(fmap).flatten(1)], 1)
+
+
+def example_batch(images: torch.Tensor, normalisation: PretrainedCfg, size: int = 2) -> torch.Tensor:
+    """The first ``size`` images as the backbone sees them, float32 on the CPU."""
+    rows = np.arange(min(size, len(images)))
+    labels = torch.zeros(len(images), dtype=torch.long)
+    batch, _ = next(iter(TensorBatches(images, labels, rows, len(rows), torch.device("cpu"), normalisation)))
+    return batch
+
+
 def build_feature_cache(
     source: FeatureSource,
     image_cache: Path,
@@ -110,8 +125,11 @@ def build_feature_cache(
     if torch_device.type == "cuda":
         batch_size = max(batch_size, GPU_EVAL_BATCH_SIZE)
     precision = resolve_precision(precision, torch_device)
-    net = prepare_model(source.build(), precision, torch_device)
     images, labels = load_cache(image_cache)
+    net = source.build()
+    backbone_params = sum(p.numel() for p in net.parameters())  # before folding merges parameters
+    net = fold_batch_norms(net, pooled_and_spatial, example_batch(images, source.normalisation), log)
+    net = prepare_model(net, precision, torch_device)
     started = time.perf_counter()
     features = extract_features(
         net, images, source.normalisation, batch_size, torch_device, precision=precision, channels_last=channels_last
@@ -125,7 +143,7 @@ def build_feature_cache(
         "init_seed": source.init_seed,
         "precision": precision,
         # What a head trained on these features reports about its frozen base.
-        "backbone_params": sum(p.numel() for p in net.parameters()),
+        "backbone_params": backbone_params,
         "num_stages": net.num_stages,
         "aux_features": net.aux_features,
     }

@@ -198,7 +198,8 @@ def load_cell(candidate_dir: Path, project: Path = Path()):
         candidate_dir, settings, list(checkpoint["classes"]), bool(checkpoint["head_only"]), weights_file
     )
     del checkpoint
-    model, _, _ = load_trained_model(model_file, weights_file)
+    # Notes go to standard error: standard output may carry the predictions' CSV.
+    model, _, _ = load_trained_model(model_file, weights_file, log=lambda line: print(line, file=sys.stderr))
     return model, cell
 
 
