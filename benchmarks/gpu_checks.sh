@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README in one run of about 7 minutes, for a GPU machine lent for a short
+# Every GPU figure of the README in one run of about 7.5 minutes, for a GPU machine lent for a short
 # while: resnet50 throughput (issue: 5,000 images/s on an H100), the first-epoch cost of a
-# depthwise network, a small grid through Snakemake and the GPU lease, and the tutorial comparison.
+# depthwise network, feature extraction with batch norms folded, a small grid through Snakemake and
+# the GPU lease, and the tutorial comparison.
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR] [FASHION_DIR]
 #
@@ -37,5 +38,7 @@ step lite0_small 60 "$python" benchmarks/throughput.py --backbone efficientnet_l
 # resnet50, 224 px, batch 256: as configured, with cuDNN's timing runs, compiled.
 TAIL=5 step resnet50 240 "$python" benchmarks/throughput.py --images 8000 --variants eager,benchmark,compile \
   --threads 4
+# Feature extraction as built against with batch norms folded, at the GPU's evaluation batch.
+step folding 40 "$python" benchmarks/folding.py --images 4096 --batch-size 512 --repeats 3
 TAIL=14 step gpu_grid 120 "$python" benchmarks/gpu_grid.py --size 128 --epochs 3 --seeds 0 --keep "$out/grid"
 TAIL=24 step vs_tutorial 180 "$python" benchmarks/vs_tutorial.py --fashion "$fashion" --no-report

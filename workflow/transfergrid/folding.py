@@ -40,7 +40,8 @@ def fold_batch_norms(
 
     ``run(model, example)`` is how the caller runs the model (e.g. ``m.forward_features(x)``);
     ``example`` a float32 batch of the right shape on the model's device (its values do not
-    matter). ``model`` itself is never changed, apart from being put in eval mode.
+    matter). ``model`` itself is never changed, apart from being put in eval mode. Fold before
+    ``runtime.prepare_model``, whose wrapped forwards a copy would still route to the original.
     """
     model.eval()
     if not any(_foldable_norm(module) for module in model.modules()):  # a ViT, a VGG without BN
