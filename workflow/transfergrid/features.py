@@ -128,7 +128,8 @@ def build_feature_cache(
     images, labels = load_cache(image_cache)
     net = source.build()
     backbone_params = sum(p.numel() for p in net.parameters())  # before folding merges parameters
-    net = fold_batch_norms(net, pooled_and_spatial, example_batch(images, source.normalisation), log)
+    if len(images):
+        net = fold_batch_norms(net, pooled_and_spatial, example_batch(images, source.normalisation), log)
     net = prepare_model(net, precision, torch_device)
     started = time.perf_counter()
     features = extract_features(
