@@ -23,8 +23,8 @@ from common import ROOT
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from transfergrid.backbones import native_preprocessing, resolve_backbone
-from transfergrid.features import example_batch, extract_features, pooled_and_spatial
-from transfergrid.folding import fold_batch_norms
+from transfergrid.features import extract_features, pooled_and_spatial
+from transfergrid.folding import example_input, fold_batch_norms
 from transfergrid.model import build_base
 from transfergrid.runtime import prepare_model, resolve_device, resolve_precision
 
@@ -56,7 +56,7 @@ def main() -> None:
         normalisation = native_preprocessing(resolve_backbone(name), "none")
         net = build_base(name, None, 0).eval()
         started = time.perf_counter()
-        folded = fold_batch_norms(net, pooled_and_spatial, example_batch(images, normalisation))
+        folded = fold_batch_norms(net, pooled_and_spatial, example_input(args.size))
         folding_seconds = time.perf_counter() - started
         built, folded = prepare_model(net, precision, device), prepare_model(folded, precision, device)
         rates = {"built": [], "folded": []}

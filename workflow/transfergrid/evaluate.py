@@ -19,7 +19,7 @@ import torch
 from .batches import feature_batches, make_batches
 from .errors import TransferGridError
 from .features import head_state_into_model, load_features
-from .folding import fold_batch_norms
+from .folding import example_input, fold_batch_norms
 from .frozen import head_model
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
@@ -98,14 +98,9 @@ def load_trained_model(model_file: Path, weights_file: Path | None = None, log=p
     """``load_trained_network`` made ready for inference (test evaluation, predict): batch norms
     folded into their convolutions, on its device, prepared for its precision."""
     model, settings, classes = load_trained_network(model_file, weights_file)
-    model = fold_batch_norms(model, lambda net, x: net(x), example_images(settings.image_size), log)
+    model = fold_batch_norms(model, lambda net, x: net(x), example_input(settings.image_size), log)
     device = resolve_device(settings.device)
     return prepare_model(model.to(device), resolve_precision(settings.precision, device), device), settings, classes
-
-
-def example_images(size: int) -> torch.Tensor:
-    """Two random normalised RGB images: the shape the network runs on (values do not matter)."""
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from torch import nn
 
 from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
 from .batches import GPU_EVAL_BATCH_SIZE, TensorBatches
-from .folding import fold_batch_norms
+from .folding import example_input, fold_batch_norms
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
@@ -101,14 +101,6 @@ def pooled_and_spatial(backbone: nn.Module, batch: torch.Tensor) -> torch.Tensor
     return torch.cat([backbone.pool(fmap).flatten(1), backbone.global_average(fmap).flatten(1)], 1)
 
 
-def example_batch(images: torch.Tensor, normalisation: PretrainedCfg, size: int = 2) -> torch.Tensor:
-    """The first ``size`` images as the backbone sees them, float32 on the CPU."""
-    rows = np.arange(min(size, len(images)))
-    labels = torch.zeros(len(images), dtype=torch.long)
-    batch, _ = next(iter(TensorBatches(images, labels, rows, len(rows), torch.device("cpu"), normalisation)))
-    return batch
-
-
 def build_feature_cache(
     source: FeatureSource,
     image_cache: Path,
@@ -128,8 +120,7 @@ def build_feature_cache(
     images, labels = load_cache(image_cache)
     net = source.build()
     backbone_params = sum(p.numel() for p in net.parameters())  # before folding merges parameters
-    if len(images):
-        net = fold_batch_norms(net, pooled_and_spatial, example_batch(images, source.normalisation), log)
+    net = fold_batch_norms(net, pooled_and_spatial, example_input(*images.shape[-2:]), log)
     net = prepare_model(net, precision, torch_device)
     started = time.perf_counter()
     features = extract_features(

@@ -39,8 +39,8 @@ def fold_batch_norms(
     them, or ``model`` itself (in eval mode) when none can be folded or the copy's outputs differ.
 
     ``run(model, example)`` is how the caller runs the model (e.g. ``m.forward_features(x)``);
-    ``example`` a float32 batch of the right shape on the model's device (its values do not
-    matter). ``model`` itself is never changed, apart from being put in eval mode. Fold before
+    ``example`` a float32 batch of the right shape on the model's device (``example_input``).
+    ``model`` itself is never changed, apart from being put in eval mode. Fold before
     ``runtime.prepare_model``, whose wrapped forwards a copy would still route to the original.
     """
     model.eval()
@@ -62,6 +62,12 @@ def fold_batch_norms(
         log(f"batch norms not folded: the folded network is off by {error:.3g} (largest output {scale:.3g})")
         return model
     return folded
+
+
+def example_input(height: int, width: int | None = None) -> torch.Tensor:
+    """Two random normalised RGB images of the size the network runs on: enough for
+    ``fold_batch_norms``, whose checks hold for any input values."""
+    return torch.randn(2, 3, height, width or height, generator=torch.Generator().manual_seed(0))
 
 
 def _convolution_norm_pairs(
