@@ -19,14 +19,14 @@ import torch
 from .batches import feature_batches, make_batches
 from .errors import TransferGridError
 from .features import head_state_into_model, load_features
-from .folding import example_input, fold_batch_norms
+from .folding import example_input
 from .frozen import head_model
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
 from .loop import predict
 from .metrics import classification_metrics
 from .model import build_model
-from .runtime import prepare_job, prepare_model, resolve_device, resolve_precision
+from .runtime import prepare_inference_model, prepare_job, resolve_device, resolve_precision
 from .settings import CellSettings
 from .split import read_split, split_rows
 
@@ -98,9 +98,11 @@ def load_trained_model(model_file: Path, weights_file: Path | None = None, log=p
     """``load_trained_network`` made ready for inference (test evaluation, predict): batch norms
     folded into their convolutions, on its device, prepared for its precision."""
     model, settings, classes = load_trained_network(model_file, weights_file)
-    model = fold_batch_norms(model, lambda net, x: net(x), example_input(settings.image_size), log)
     device = resolve_device(settings.device)
-    return prepare_model(model.to(device), resolve_precision(settings.precision, device), device), settings, classes
+    precision = resolve_precision(settings.precision, device)
+    example = example_input(settings.image_size)
+    model = prepare_inference_model(model, lambda net, x: net(x), example, precision, device, log)
+    return model, settings, classes
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,11 +30,11 @@ from torch import nn
 
 from .backbones import PretrainedCfg, native_preprocessing, resolve_backbone
 from .batches import GPU_EVAL_BATCH_SIZE, TensorBatches
-from .folding import example_input, fold_batch_norms
+from .folding import example_input
 from .imagecache import load_cache
 from .io import atomic_path
 from .model import build_base
-from .runtime import autocast, prepare_job, prepare_model, resolve_precision
+from .runtime import autocast, prepare_inference_model, prepare_job, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def build_feature_cache(
     images, labels = load_cache(image_cache)
     net = source.build()
     backbone_params = sum(p.numel() for p in net.parameters())  # before folding merges parameters
-    net = fold_batch_norms(net, pooled_and_spatial, example_input(*images.shape[-2:]), log)
-    net = prepare_model(net, precision, torch_device)
+    example = example_input(*images.shape[-2:])
+    net = prepare_inference_model(net, pooled_and_spatial, example, precision, torch_device, log)
     started = time.perf_counter()
     features = extract_features(
         net, images, source.normalisation, batch_size, torch_device, precision=precision, channels_last=channels_last

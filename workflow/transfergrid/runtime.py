@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from .folding import fold_batch_norms
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -156,3 +158,12 @@ def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) 
     if device.type == "cuda":
         standard_order_depthwise_convolutions(model)
     return model
+
+
+def prepare_inference_model(
+    model: torch.nn.Module, run, example: torch.Tensor, precision: str, device: torch.device, log=print
+) -> torch.nn.Module:
+    """``prepare_model`` for a network that only runs inference from now on: its batch norms are
+    folded first (``folding.fold_batch_norms``, with ``run`` and ``example``), before
+    ``prepare_model`` wraps forwards that a folded copy would not follow; then to ``device``."""
+    return prepare_model(fold_batch_norms(model, run, example, log).to(device), precision, device)
