@@ -91,10 +91,7 @@ def float32_depthwise_convolutions(model: torch.nn.Module) -> torch.nn.Module:
     path (94 images/s against 48). The module's parameters and state-dict keys are unchanged: only
     its forward runs outside the autocast when gradients are being recorded.
     """
-    for module in model.modules():
-        if is_depthwise(module):
-            module.forward = _float32_forward(module.forward)
-    return model
+    return _wrap_depthwise_forwards(model, lambda module: _float32_forward(module.forward))
 
 
 def _float32_forward(forward):
@@ -111,6 +108,14 @@ def is_depthwise(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
+def _wrap_depthwise_forwards(model: torch.nn.Module, wrap) -> torch.nn.Module:
+    """Replace the forward of every depthwise convolution of ``model`` by ``wrap(module)``."""
+    for module in model.modules():
+        if is_depthwise(module):
+            module.forward = wrap(module)
+    return model
+
+
 def standard_order_depthwise_convolutions(model: torch.nn.Module) -> torch.nn.Module:
     """Run the depthwise convolutions of ``model`` in the standard (NCHW) memory order on a GPU.
 
@@ -124,10 +129,7 @@ def standard_order_depthwise_convolutions(model: torch.nn.Module) -> torch.nn.Mo
     used (the weight once: ``model.to(memory_format=...)`` may have reordered it); the output goes
     back to channels-last for the dense layers around them. Parameters and state-dict keys stay.
     """
-    for module in model.modules():
-        if is_depthwise(module):
-            module.forward = _standard_order_forward(module, module.forward)
-    return model
+    return _wrap_depthwise_forwards(model, lambda module: _standard_order_forward(module, module.forward))
 
 
 def _standard_order_forward(module: torch.nn.Conv2d, forward):
