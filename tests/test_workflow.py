@@ -170,6 +170,15 @@ def test_rerun_has_nothing_to_do(finished_run):
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
 
+def test_the_compute_jobs_forked_from_the_fork_server(finished_run):
+    workdir, _ = finished_run
+    log = (workdir / "results/logs/fork_server.log").read_text()
+    # Every compute job of the run (extraction, fitting, evaluation, aggregation, report) but the
+    # light data jobs, which do not ask it.
+    served = int(re.search(r"stopped; (\d+) jobs served", log).group(1))
+    assert served >= 5, log
+
+
 def test_editing_the_report_code_rerenders_only_the_report(finished_run):
     workdir, _ = finished_run
     with edited(workdir / "workflow" / "transfergrid" / "report" / "figures.py", "\n# an edit to the report code\n"):

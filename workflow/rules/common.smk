@@ -21,6 +21,7 @@ from transfergrid.grid import (
     pretrain_job,
 )
 from transfergrid.failures import print_failures
+from transfergrid.forkserver import start_fork_server, stop_fork_server
 from transfergrid.jobs import export_package_path
 from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
 
@@ -52,7 +53,22 @@ COMPUTE_RESOURCES = {
 COMPUTE_THREADS = config["resources"]["train_threads"]
 
 
+# A local run's compute jobs fork from one server that imported torch once (forkserver.py); cluster
+# jobs and nested Snakemake processes run as before.
+FORK_SERVER = []
+
+
+onstart:
+    if workflow.is_main_process and workflow.local_exec and config["resources"]["fork_server"]:
+        FORK_SERVER.append(start_fork_server(f"{LOGS}/fork_server.log"))
+
+
+onsuccess:
+    stop_fork_server(FORK_SERVER.pop() if FORK_SERVER else None)
+
+
 onerror:
+    stop_fork_server(FORK_SERVER.pop() if FORK_SERVER else None)
     # After a failed run (with --keep-going, after every job that could run), one line per failure.
     print_failures(log)
 

@@ -1,3 +1,8 @@
+from transfergrid.forkserver import run_in_fork_server
+
+# In a local run this job forks from the server that imported torch once, and ends here.
+run_in_fork_server()
+
 from pathlib import Path
 
 from transfergrid.jobs import run_job

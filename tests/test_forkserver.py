@@ -1,0 +1,162 @@
+"""The fork server (transfergrid/forkserver.py), started for real: a job script hands itself to it and
+must behave exactly as `python <script>` would (output, status, signal deaths, environment, working
+directory), run on its own whenever there is no usable server, and never outlive its Snakemake."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from transfergrid import forkserver
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PATH = str(ROOT / "workflow")
+
+# A job script as Snakemake runs it: it hands itself to the server first, then reports where it ran.
+JOB = textwrap.dedent(
+    """
+    import sys
+    torch_already_imported = "torch" in sys.modules
+    from transfergrid.forkserver import run_in_fork_server
+
+    run_in_fork_server()
+
+    import os
+    import torch
+
+    print(f"preloaded={torch_already_imported} threads={torch.get_num_threads()} cwd={os.getcwd()}", flush=True)
+    print(f"pid={os.getpid()} marker={os.environ.get('JOB_MARKER')} argv={sys.argv[1:]}", flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    action = sys.argv[1] if len(sys.argv) > 1 else ""
+    if action == "exit3":
+        sys.exit(3)
+    if action == "raise":
+        raise RuntimeError("a bug in the job")
+    if action == "sigkill":
+        os.kill(os.getpid(), 9)
+    if action == "sleep":
+        open(sys.argv[2], "w").write(str(os.getpid()))
+        import time
+        time.sleep(60)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A running server, its address exported as Snakemake's onstart would, and the server's log."""
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_PATH, os.environ.get("PYTHONPATH", "")])
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"fork_server_test_{os.getpid()}.log"
+    process = forkserver.start_fork_server(log)
+    try:
+        yield process, log
+    finally:
+        forkserver.stop_fork_server(process)
+        os.environ.clear()
+        os.environ.update(saved)
+        log.unlink(missing_ok=True)
+
+
+def run_job(tmp_path, *args, env=None, **kwargs):
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    job_env = {**os.environ, "JOB_MARKER": "from-the-job", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=tmp_path,
+        env=job_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
+    )
+
+
+def test_a_job_runs_in_a_fork_of_the_preloaded_server(server, tmp_path):
+    result = run_job(tmp_path, "plain")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # torch was already imported when the script started: it ran in the server's fork, and the
+    # job's own environment, arguments, working directory and thread count reached it.
+    assert lines[0] == f"preloaded=True threads=1 cwd={tmp_path}"
+    assert lines[1].endswith("marker=from-the-job argv=['plain']")
+    assert result.stderr == "to stderr\n"
+
+
+def test_exit_status_exceptions_and_signals_reach_snakemake_unchanged(server, tmp_path):
+    assert run_job(tmp_path, "exit3").returncode == 3
+    raised = run_job(tmp_path, "raise")
+    assert raised.returncode == 1 and "RuntimeError: a bug in the job" in raised.stderr
+    # Snakemake reports "died with SIGKILL" for a fresh process: the job process dies the same way.
+    assert run_job(tmp_path, "sigkill").returncode == -signal.SIGKILL
+
+
+def test_a_killed_job_process_takes_its_fork_with_it(server, tmp_path):
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, str(script), "sleep", str(pid_file)], cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and job.poll() is None
+        time.sleep(0.1)
+    forked = int(pid_file.read_text())
+    assert forked != job.pid  # it ran in the server's fork, not in the process Snakemake started
+    job.kill()  # what Snakemake does to a cancelled job
+    job.wait()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{forked}").exists() and forkserver._state(forked) not in ("Z", None):
+        assert time.monotonic() < deadline, "the forked job outlived its job process"
+        time.sleep(0.1)
+
+
+def test_without_a_usable_server_the_job_runs_on_its_own(server, tmp_path):
+    address = json.loads(os.environ[forkserver.ENV])
+    other_python = json.dumps({**address, "python": "/opt/conda/envs/other/bin/python"})
+    gone = json.dumps({**address, "address": "transfergrid-nobody-listens", "pid": 2**22 + 17})
+    for env in ({forkserver.ENV: other_python}, {forkserver.ENV: gone}):
+        started = time.monotonic()
+        result = run_job(tmp_path, "plain", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("preloaded=False"), env
+        assert time.monotonic() - started < 60  # no waiting for a server that will never listen
+    no_server = {k: v for k, v in os.environ.items() if k != forkserver.ENV}
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "job.py")], cwd=tmp_path, env=no_server, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("preloaded=False")
+
+
+def test_the_server_stops_with_its_snakemake(tmp_path):
+    """Snakemake killed with SIGKILL cannot stop the server: the server notices and stops itself."""
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from transfergrid.forkserver import start_fork_server
+            server = start_fork_server(sys.argv[1])
+            print(server.pid, flush=True)
+            time.sleep(120)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PATH}
+    snakemake = subprocess.Popen(
+        [sys.executable, str(launcher), str(tmp_path / "server.log")], env=env, stdout=subprocess.PIPE, text=True
+    )
+    server_pid = int(snakemake.stdout.readline())
+    snakemake.send_signal(signal.SIGKILL)
+    snakemake.wait()
+    deadline = time.monotonic() + 60  # it may still be importing torch when its parent dies
+    while Path(f"/proc/{server_pid}").exists() and forkserver._state(server_pid) not in ("Z", None):
+        assert time.monotonic() < deadline, "the server outlived its Snakemake"
+        time.sleep(0.2)

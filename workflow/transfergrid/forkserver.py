@@ -1,0 +1,339 @@
+"""A local run's compute jobs fork from one process that imported torch, timm and the package once.
+
+Every compute job is a Python process that spends 3-5 s importing torch, torch._dynamo (pulled in by
+any optimizer and by torchvision), timm and scikit-learn before its first useful instruction; on a
+grid of short cells (frozen heads, evaluation) that start-up is most of the run. The fork server is
+the standard cure (Python's multiprocessing "forkserver" with preloaded modules, Android's zygote):
+
+- In a local run, Snakemake's ``onstart`` starts ``python -m transfergrid.forkserver``, which
+  imports ``PRELOAD`` and then listens on an abstract Unix socket. Its address goes to the jobs in
+  the environment variable ``TRANSFERGRID_FORK_SERVER``.
+- A compute job's script calls ``run_in_fork_server()`` before its own imports. It sends the
+  server its script, arguments, working directory, environment and stdin/stdout/stderr. A handler
+  process forks the job from the preloaded server, which runs the script exactly as
+  ``python <script>`` would, and the job exits the way the forked job did: same status, or killed by
+  the same signal (so Snakemake reports it the same way).
+- Whenever the server cannot take the job, the job runs in its own process as before: remote jobs
+  (SLURM nodes have no server), dry runs, another Python (a conda environment), a server that died,
+  ``resources.fork_server: false``.
+
+Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool, no CUDA),
+so each forked job starts like a fresh process. It takes the job's environment before anything
+reads it (``CUDA_VISIBLE_DEVICES`` of a GPU lease included) and sets the thread counts a fresh
+process would read from ``OMP_NUM_THREADS``. Stdlib only at import: the Snakefile imports this
+module while it parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import pickle
+import runpy
+import secrets
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ENV = "TRANSFERGRID_FORK_SERVER"
+_IN_FORKED_JOB = "TRANSFERGRID_FORKED_JOB"
+# What the compute jobs import: torch and its compiler stack (any optimizer imports torch._dynamo),
+# timm with torchvision, scikit-learn's metrics, and the package modules the job scripts use. The
+# server listens once PRELOAD is in (what the first jobs of a run need), then imports PRELOAD_LATER
+# (what the last jobs need) between jobs.
+PRELOAD = ("torch", "torch._dynamo", "torchvision", "timm", "transfergrid.weights", "transfergrid.features")
+PRELOAD_LATER = (
+    "transfergrid.cell",
+    "transfergrid.frozen",
+    "transfergrid.evaluate",
+    "transfergrid.pretrain",
+    "transfergrid.aggregate",
+    "transfergrid.recipes",
+    "transfergrid.report",
+)
+WAIT_FOR_READY_S = 120  # a job waits this long for a server still importing, then runs on its own
+TERMINATE_GRACE_S = 5
+_HEADER = struct.Struct("!Q")
+_STATUS = struct.Struct("!ii")  # (exit status, terminating signal or 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Snakemake side: start and stop one server per local run
+
+
+def start_fork_server(log_path: str | Path) -> subprocess.Popen:
+    """Start the server (it preloads in the background) and tell the jobs started from now on where
+    it listens. Returns the server process."""
+    address = f"transfergrid-{os.getpid()}-{secrets.token_hex(6)}"
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "transfergrid.forkserver", "--address", address, "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=os.getcwd(),
+        )
+    os.environ[ENV] = json.dumps({"address": address, "pid": server.pid, "python": _interpreter()})
+    return server
+
+
+def stop_fork_server(server: subprocess.Popen | None) -> None:
+    os.environ.pop(ENV, None)
+    if server is None or server.poll() is not None:
+        return
+    server.terminate()
+    try:
+        server.wait(TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def _interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+# ----------------------------------------------------------------------------------------------
+# The job side
+
+
+def run_in_fork_server() -> None:
+    """Run this job script in a fork of the server and exit as it did; return (and let the script
+    run here) when there is no server for this job."""
+    if os.environ.get(_IN_FORKED_JOB):
+        return
+    connection = _connect()
+    if connection is None:
+        return
+    with connection:
+        script = os.path.abspath(sys.argv[0])
+        request = {"script": script, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        payload = pickle.dumps(request)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        socket.send_fds(connection, [_HEADER.pack(len(payload)) + payload], [0, 1, 2])
+        reply = _receive_exactly(connection, _STATUS.size)
+    if reply is None:
+        print("transfergrid: the fork server ended before the job did", file=sys.stderr, flush=True)
+        os._exit(1)
+    status, terminating_signal = _STATUS.unpack(reply)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if terminating_signal:
+        # Die of the same signal, as the job's own process would have.
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
+            signal.signal(terminating_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), terminating_signal)
+    os._exit(status)
+
+
+def _connect() -> socket.socket | None:
+    try:
+        server = json.loads(os.environ[ENV])
+    except (KeyError, ValueError):
+        return None
+    if server.get("python") != _interpreter():
+        return None  # another Python (a conda environment): its packages are not the server's
+    deadline = time.monotonic() + WAIT_FOR_READY_S
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect("\0" + server["address"])
+            return connection
+        except OSError:
+            connection.close()
+        # Not listening yet: it is still importing (wait, that is sooner than importing here), or
+        # it is gone (run here).
+        if not _alive(server["pid"]) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _state(pid) not in ("Z", "X", None)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# The server
+
+
+def serve(address: str, parent: int) -> None:
+    started = time.perf_counter()
+    for module in PRELOAD:
+        importlib.import_module(module)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + address)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the handlers reap their jobs; nobody waits for them
+    signal.signal(signal.SIGTERM, _stop)  # stop_fork_server: say how many jobs were served, then exit
+    print(f"imported {', '.join(PRELOAD)} in {time.perf_counter() - started:.1f} s; serving", flush=True)
+    later = list(PRELOAD_LATER)
+    served = 0
+    try:
+        while os.getppid() == parent:  # Snakemake gone (even by SIGKILL): stop
+            listener.settimeout(0.05 if later else 1.0)
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                if later:  # nobody waiting: import the next module for the jobs to come
+                    importlib.import_module(later.pop(0))
+                    if not later:
+                        print(f"imported {', '.join(PRELOAD_LATER)} by {time.perf_counter() - started:.1f} s", flush=True)
+                continue
+            served += 1
+            if os.fork() == 0:
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _handle(connection)  # never returns
+            connection.close()
+    finally:
+        print(f"stopped; {served} jobs served", flush=True)
+
+
+def _stop(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def _handle(connection: socket.socket) -> None:
+    """In a fork of the server: receive one job, fork it, report how it ended."""
+    try:
+        message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+        (size,) = _HEADER.unpack(message[: _HEADER.size])
+        payload = message[_HEADER.size :]
+        rest = _receive_exactly(connection, size - len(payload)) if len(payload) < size else b""
+        request = pickle.loads(payload + (rest or b""))
+        job = os.fork()
+        if job == 0:
+            connection.close()
+            _run_job(request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        status, terminating_signal = _watch(job, connection)
+        with contextlib.suppress(OSError):  # the job's Snakemake process may be gone
+            connection.sendall(_STATUS.pack(status, terminating_signal))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def _watch(job: int, connection: socket.socket) -> tuple[int, int]:
+    """Wait for the job; if the job's Snakemake process goes away (cancelled, killed), stop the job."""
+    while True:
+        pid, wait_status = os.waitpid(job, os.WNOHANG)
+        if pid:
+            if os.WIFSIGNALED(wait_status):
+                return 1, os.WTERMSIG(wait_status)
+            return os.waitstatus_to_exitcode(wait_status), 0
+        readable, _, _ = select.select([connection], [], [], 0.2)
+        if readable and not connection.recv(1, socket.MSG_PEEK):
+            os.kill(job, signal.SIGTERM)
+            deadline = time.monotonic() + TERMINATE_GRACE_S
+            while not os.waitpid(job, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(job, signal.SIGKILL)
+                    os.waitpid(job, 0)
+                    break
+                time.sleep(0.05)
+            return 1, signal.SIGTERM
+
+
+def _run_job(request: dict, fds: list[int]) -> None:
+    """In the job's fork: become the job's process (streams, directory, environment, threads) and run
+    its script as ``python <script>`` would."""
+    status = 1
+    try:
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ[_IN_FORKED_JOB] = "1"
+        sys.argv = list(request["argv"])
+        _threads_as_a_fresh_process()
+        _reseed_numpy()
+        runpy.run_path(request["script"], run_name="__main__")
+        status = 0
+    except SystemExit as exit_:
+        if isinstance(exit_.code, int) or exit_.code is None:
+            status = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def _threads_as_a_fresh_process() -> None:
+    """Thread pools read OMP_NUM_THREADS (which Snakemake sets to the job's threads) when they load,
+    which happened in the server: set them from the job's environment instead."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if not threads.isdigit() or int(threads) < 1:
+        return
+    import threadpoolctl
+    import torch
+
+    torch.set_num_threads(int(threads))
+    threadpoolctl.threadpool_limits(int(threads))
+
+
+def _reseed_numpy() -> None:
+    """NumPy's global generator is seeded from the OS in a fresh process; every fork would otherwise
+    share the server's state. (torch's default generator starts from a fixed seed anyway, and Python's
+    random module reseeds itself after a fork.)"""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="transfergrid's fork server (started by the workflow)")
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.address, args.parent)
+
+
+if __name__ == "__main__":
+    main()
