@@ -212,7 +212,8 @@ def serve(address: str, parent: int) -> None:
                 if later:  # nobody waiting: import the next module for the jobs to come
                     importlib.import_module(later.pop(0))
                     if not later:
-                        print(f"imported {', '.join(PRELOAD_LATER)} by {time.perf_counter() - started:.1f} s", flush=True)
+                        seconds = time.perf_counter() - started
+                        print(f"imported {', '.join(PRELOAD_LATER)} by {seconds:.1f} s", flush=True)
                 continue
             served += 1
             if os.fork() == 0:
