@@ -102,7 +102,7 @@ def main() -> None:
             compare("photos 224px", photos_grid(write_photos(scratch / "photos")), args.no_cache)
         finally:
             cleanup(scratch)
-    print("wall time includes one Python start-up and library import per Snakemake job (about 3-5 s here)")
+    print("wall time includes one Python start-up per Snakemake job; local compute jobs fork from the fork server")
 
 
 if __name__ == "__main__":

@@ -160,3 +160,11 @@ def test_the_server_stops_with_its_snakemake(tmp_path):
     while Path(f"/proc/{server_pid}").exists() and forkserver._state(server_pid) not in ("Z", None):
         assert time.monotonic() < deadline, "the server outlived its Snakemake"
         time.sleep(0.2)
+
+
+def test_runs_that_may_use_cuda_start_no_server():
+    # CUDA cannot be trusted to start in a process forked after its parent touched the driver.
+    assert not forkserver.jobs_may_use_cuda("cpu")
+    assert forkserver.jobs_may_use_cuda("cuda")
+    has_gpu_device = any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    assert forkserver.jobs_may_use_cuda("auto") == has_gpu_device

@@ -21,7 +21,7 @@ from transfergrid.grid import (
     pretrain_job,
 )
 from transfergrid.failures import print_failures
-from transfergrid.forkserver import start_fork_server, stop_fork_server
+from transfergrid.forkserver import jobs_may_use_cuda, start_fork_server, stop_fork_server
 from transfergrid.jobs import export_package_path
 from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
 
@@ -53,13 +53,18 @@ COMPUTE_RESOURCES = {
 COMPUTE_THREADS = config["resources"]["train_threads"]
 
 
-# A local run's compute jobs fork from one server that imported torch once (forkserver.py); cluster
-# jobs and nested Snakemake processes run as before.
+# A local CPU run's compute jobs fork from one server that imported torch once (forkserver.py);
+# cluster jobs, nested Snakemake processes and jobs that may use CUDA run as fresh processes.
 FORK_SERVER = []
 
 
 onstart:
-    if workflow.is_main_process and workflow.local_exec and config["resources"]["fork_server"]:
+    if (
+        workflow.is_main_process
+        and workflow.local_exec
+        and config["resources"]["fork_server"]
+        and not jobs_may_use_cuda(config["train"]["device"])
+    ):
         FORK_SERVER.append(start_fork_server(f"{LOGS}/fork_server.log"))
 
 

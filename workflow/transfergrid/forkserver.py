@@ -17,8 +17,10 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   (SLURM nodes have no server), dry runs, another Python (a conda environment), a server that died,
   ``resources.fork_server: false``.
 
-Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool, no CUDA),
-so each forked job starts like a fresh process. It takes the job's environment before anything
+Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool), so each
+forked job starts like a fresh process. CUDA cannot be initialised safely in a forked process once
+its parent touched the driver, so runs whose jobs may use a GPU start no server
+(``jobs_may_use_cuda``). It takes the job's environment before anything
 reads it (``CUDA_VISIBLE_DEVICES`` of a GPU lease included) and sets the thread counts a fresh
 process would read from ``OMP_NUM_THREADS``. Stdlib only at import: the Snakefile imports this
 module while it parses.
@@ -86,6 +88,15 @@ def start_fork_server(log_path: str | Path) -> subprocess.Popen:
         )
     os.environ[ENV] = json.dumps({"address": address, "pid": server.pid, "python": _interpreter()})
     return server
+
+
+def jobs_may_use_cuda(device: str) -> bool:
+    """Whether the jobs of a run with ``train.device`` = ``device`` may initialise CUDA, which a
+    process forked from a server cannot be trusted to do: such runs start no server. Answered from
+    the device files, without importing torch into Snakemake."""
+    if device == "cpu":
+        return False
+    return device == "cuda" or any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
 
 
 def stop_fork_server(server: subprocess.Popen | None) -> None:
