@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from transfergrid import forkserver
+from transfergrid.io import process_is_running
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_PATH = str(ROOT / "workflow")
@@ -113,7 +114,7 @@ def test_a_killed_job_process_takes_its_fork_with_it(server, tmp_path):
     job.kill()  # what Snakemake does to a cancelled job
     job.wait()
     deadline = time.monotonic() + 15
-    while Path(f"/proc/{forked}").exists() and forkserver._state(forked) not in ("Z", None):
+    while process_is_running(forked):
         assert time.monotonic() < deadline, "the forked job outlived its job process"
         time.sleep(0.1)
 
@@ -157,7 +158,7 @@ def test_the_server_stops_with_its_snakemake(tmp_path):
     snakemake.send_signal(signal.SIGKILL)
     snakemake.wait()
     deadline = time.monotonic() + 60  # it may still be importing torch when its parent dies
-    while Path(f"/proc/{server_pid}").exists() and forkserver._state(server_pid) not in ("Z", None):
+    while process_is_running(server_pid):
         assert time.monotonic() < deadline, "the server outlived its Snakemake"
         time.sleep(0.2)
 

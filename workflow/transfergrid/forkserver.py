@@ -18,12 +18,11 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   ``resources.fork_server: false``.
 
 Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool), so each
-forked job starts like a fresh process. CUDA cannot be initialised safely in a forked process once
-its parent touched the driver, so runs whose jobs may use a GPU start no server
-(``jobs_may_use_cuda``). It takes the job's environment before anything
-reads it (``CUDA_VISIBLE_DEVICES`` of a GPU lease included) and sets the thread counts a fresh
-process would read from ``OMP_NUM_THREADS``. Stdlib only at import: the Snakefile imports this
-module while it parses.
+forked job starts like a fresh process: it takes the job's environment before anything reads it and
+sets the thread counts a fresh process would read from ``OMP_NUM_THREADS``. CUDA cannot be trusted
+to start in a process forked after its parent touched the driver, so runs whose jobs may use a GPU
+start no server (``jobs_may_use_cuda``). Stdlib only at import: the Snakefile imports this module
+while it parses.
 """
 
 from __future__ import annotations
@@ -45,6 +44,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from .io import process_is_running
 
 ENV = "TRANSFERGRID_FORK_SERVER"
 _IN_FORKED_JOB = "TRANSFERGRID_FORKED_JOB"
@@ -166,26 +167,9 @@ def _connect() -> socket.socket | None:
             connection.close()
         # Not listening yet: it is still importing (wait, that is sooner than importing here), or
         # it is gone (run here).
-        if not _alive(server["pid"]) or time.monotonic() > deadline:
+        if not process_is_running(server["pid"]) or time.monotonic() > deadline:
             return None
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _state(pid) not in ("Z", "X", None)
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:

@@ -19,14 +19,20 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _is_running(pid: int) -> bool:
+def process_is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and has not exited (an exited child that its
+    parent has not reaped yet, a zombie, counts as gone)."""
     try:
         os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # it exists, it is just another user's
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask (not Linux): it exists
+    return state not in ("Z", "X")
 
 
 def _remove_stale_temporaries(final: Path) -> None:
@@ -39,7 +45,9 @@ def _remove_stale_temporaries(final: Path) -> None:
     prefix = f".{final.name}.tmp-"
     for sibling in final.parent.iterdir():
         pid = sibling.name[len(prefix) :]
-        if sibling.name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not _is_running(int(pid))):
+        if not (sibling.name.startswith(prefix) and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid() or not process_is_running(int(pid)):
             _remove(sibling)
 
 
