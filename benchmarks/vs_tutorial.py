@@ -1,7 +1,7 @@
 """transfergrid against the loop it replaces: the PyTorch transfer-learning tutorial.
 
     .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
-        [--only full|frozen] [--compile] [--no-report] [--fashion DIR]
+        [--only full|frozen] [--compile] [--no-report] [--no-fork-server] [--fashion DIR]
         [--save-fashion-subset DIR]
 
 Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
@@ -206,7 +206,9 @@ def run_tutorial(photos: Path, recipe: str, epochs: int, device) -> pd.DataFrame
 # transfergrid
 
 
-def transfergrid_config(photos: Path, recipe: str, epochs: int, compile: bool = False) -> dict:
+def transfergrid_config(
+    photos: Path, recipe: str, epochs: int, compile: bool = False, fork_server: bool = True
+) -> dict:
     return {
         "datasets": {"photos": {"source": "folder", "path": str(photos)}},
         "grid": {
@@ -223,16 +225,22 @@ def transfergrid_config(photos: Path, recipe: str, epochs: int, compile: bool = 
             "augment": "standard" if recipe == "full" else "none",
             "compile": compile,
         },
-        "resources": {"train_threads": os.cpu_count(), "cache_threads": os.cpu_count()},
+        "resources": {"train_threads": os.cpu_count(), "cache_threads": os.cpu_count(), "fork_server": fork_server},
     }
 
 
 def run_transfergrid(
-    photos: Path, recipe: str, epochs: int, workdir: Path, compile: bool = False, report: bool = True
+    photos: Path,
+    recipe: str,
+    epochs: int,
+    workdir: Path,
+    compile: bool = False,
+    report: bool = True,
+    fork_server: bool = True,
 ) -> pd.DataFrame:
     """The cell to its test metrics and the grid's summary (what the tutorial's loop delivers, and
     more), timed cold; then the report, which the tutorial has no counterpart of, timed apart."""
-    config = transfergrid_config(photos, recipe, epochs, compile)
+    config = transfergrid_config(photos, recipe, epochs, compile, fork_server)
     seconds, workdir = run_grid(config, keep=workdir, targets=("results/summary.csv",))
     report_seconds = run_grid(config, keep=workdir)[0] if report else float("nan")
     summary = pd.read_csv(workdir / "results" / "summary.csv")
@@ -302,6 +310,9 @@ def main() -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="stop at the cells' metrics (no report run)")
     parser.add_argument(
+        "--no-fork-server", action="store_true", help="every transfergrid job a fresh process (resources.fork_server)"
+    )
+    parser.add_argument(
         "--save-fashion-subset", type=Path, metavar="DIR", help="write the items the photos use to DIR and stop"
     )
     args = parser.parse_args()
@@ -328,12 +339,25 @@ def main() -> None:
             print(f"\n{name}: the tutorial's loop")
             tutorial = run_tutorial(photos, recipe, epochs, device)
             print(f"{name}: transfergrid")
-            grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}", report=not args.no_report)
+            grid = run_transfergrid(
+                photos,
+                recipe,
+                epochs,
+                scratch / f"grid-{recipe}",
+                report=not args.no_report,
+                fork_server=not args.no_fork_server,
+            )
             report(name, tutorial, grid, on_features=recipe == "frozen")
             if args.compile and recipe == "full":
                 print(f"{name}: transfergrid with train.compile: true")
                 compiled = run_transfergrid(
-                    photos, recipe, epochs, scratch / "grid-compiled", compile=True, report=not args.no_report
+                    photos,
+                    recipe,
+                    epochs,
+                    scratch / "grid-compiled",
+                    compile=True,
+                    report=not args.no_report,
+                    fork_server=not args.no_fork_server,
                 )
                 report(name, tutorial, compiled, "tg + compile")
     finally:
