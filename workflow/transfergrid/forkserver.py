@@ -45,6 +45,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .gpus import discover_devices
 from .io import process_is_running
 
 ENV = "TRANSFERGRID_FORK_SERVER"
@@ -93,11 +94,11 @@ def start_fork_server(log_path: str | Path) -> subprocess.Popen:
 
 def jobs_may_use_cuda(device: str) -> bool:
     """Whether the jobs of a run with ``train.device`` = ``device`` may initialise CUDA, which a
-    process forked from a server cannot be trusted to do: such runs start no server. Answered from
-    the device files, without importing torch into Snakemake."""
+    process forked from a server cannot be trusted to do: such runs start no server. ``auto`` asks
+    the GPU leases' own discovery (no torch in Snakemake)."""
     if device == "cpu":
         return False
-    return device == "cuda" or any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    return device == "cuda" or bool(discover_devices())
 
 
 def stop_fork_server(server: subprocess.Popen | None) -> None:
