@@ -8,8 +8,7 @@ localrules:
 
 rule aggregate:
     input:
-        selections=cell_files("selection.json"),
-        test=cell_files("test.json"),
+        results=cell_results(),
         code=[package_source("aggregate.py"), package_source("recipes.py"), package_source("stats.py")],
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),

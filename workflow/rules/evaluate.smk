@@ -4,7 +4,8 @@
 
 rule evaluate_cell:
     input:
-        models=lambda wildcards: candidate_files(wildcards, "model.pt"),
+        # Each candidate's train.json stands for its directory, all of it one training job's
+        # outputs (model.pt, history.csv, train.json, cell.json): see cell_results().
         summaries=lambda wildcards: candidate_files(wildcards, "train.json"),
         cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",

@@ -1,5 +1,7 @@
 # Render the self-contained HTML report. Its code is an input, so editing the report re-renders
-# the report and nothing else.
+# the report and nothing else. It reads every cell's predictions and confusion matrix through
+# results/summary.csv: the aggregation depends on every cell's results, so the summary is newer than
+# any of them, and the report needs no input per cell (see cell_results() for why that matters).
 
 
 localrules:
@@ -11,9 +13,6 @@ rule report:
         summary="results/summary.csv",
         recipes="results/recipes.csv",
         similarities=similarity_files(),
-        confusions=cell_files("confusion.csv"),
-        predictions=cell_files("predictions.csv"),
-        tests=cell_files("test.json"),
         caches=image_cache_files(),
         code=report_sources(),
     output:
