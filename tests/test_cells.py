@@ -187,3 +187,19 @@ def test_frozen_group_evaluation_equals_the_network_on_test_images(tiny_dataset)
     through_network = json.loads((tiny_dataset / "net" / "test.json").read_text())
     assert on_features["top1"] == through_network["top1"]
     assert np.isclose(on_features["nll"], through_network["nll"], atol=1e-5)
+
+
+def test_predict_returns_every_row_in_order_whatever_len_says():
+    """predict fills buffers sized by len(batches); a plain list's len counts batches, not rows,
+    so the buffers grow: every row still comes back, in order. No batches is an error."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    inputs, labels = torch.randn(10, 4), torch.arange(10) % 3
+    batches = [(inputs[start : start + 3], labels[start : start + 3]) for start in range(0, 10, 3)]
+    logits, predicted_labels = predict(model, batches)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(inputs))
+    assert torch.equal(predicted_labels, labels)
+    assert logits.dtype == torch.float32 and logits.shape == (10, 3)
+    with pytest.raises(ValueError, match="no rows to predict on"):
+        predict(model, [])
