@@ -54,8 +54,8 @@ def keep_freed_memory() -> bool:
 
     Called by the jobs that run a network over image batches and keep little from one batch to the
     next: training (each step frees and asks for the same blocks again) and the test evaluation of
-    a network cell (6,000 rows of benchmarks/memory.py: 14.5 s instead of 15.5-16.5 s, peak RSS
-    1.2-1.3 GB instead of 1.0-1.1 GB). Feature extraction keeps glibc's defaults: not measured.
+    a network cell (6,000 rows of benchmarks/memory.py: 14.4-14.7 s instead of 14.8-17.1 s, peak
+    RSS 1.2-1.3 GB instead of 1.0-1.1 GB). Feature extraction keeps glibc's defaults: not measured.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
