@@ -23,7 +23,7 @@ from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
 from .loop import FitResult, Log, fit
 from .model import build_model
-from .runtime import keep_freed_memory, peak_memory_mb, prepare_job, prepare_model, reset_peak_memory, resolve_precision
+from .runtime import peak_memory_mb, prepare_job, prepare_model, reset_peak_memory, resolve_precision
 from .settings import CellSettings, write_settings
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -68,7 +68,6 @@ def train_candidate(
     """Train one candidate through the network and write its directory. With a checkpoint path,
     the fit is saved every epoch, resumed when the job runs again, and removed at the end."""
     device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
-    keep_freed_memory()
     reset_peak_memory(device)
     split = read_split(inputs.split)
     classes = read_json(inputs.classes)["classes"]

@@ -17,7 +17,7 @@ from .io import read_json
 from .loop import fit
 from .model import build_model
 from .naming import PRETRAIN_PREFIX
-from .runtime import keep_freed_memory, prepare_job, prepare_model, resolve_precision
+from .runtime import prepare_job, prepare_model, resolve_precision
 from .settings import PretrainJob
 from .split import fraction_rows, read_split, split_rows
 from .strategies import parse_strategy
@@ -57,7 +57,6 @@ def pretrain_backbone(
     labels renumbered), choose the epoch on its val split, and save the backbone's state."""
     settings = job.settings
     device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
-    keep_freed_memory()
     names = read_json(classes_json)["classes"]
     keep = select_classes(names, job.classes, f"config key 'pretrain.{job.name}.classes'")
     images, labels = load_cache(cache)
