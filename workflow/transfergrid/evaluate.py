@@ -26,7 +26,7 @@ from .io import atomic_path, read_json, write_json
 from .loop import predict
 from .metrics import classification_metrics
 from .model import build_model
-from .runtime import keep_freed_memory, prepare_inference_model, prepare_job, resolve_device, resolve_precision
+from .runtime import prepare_inference_model, prepare_job, prepare_process, resolve_device, resolve_precision
 from .settings import CellSettings
 from .split import read_split, split_rows
 
@@ -169,8 +169,7 @@ def evaluate_network_cell(
 ) -> dict:
     """Choose the candidate on val, run its network on the test images, write the test outputs."""
     chosen, selection = choose_candidate(candidate_dirs)
-    torch.set_num_threads(threads)
-    keep_freed_memory()
+    prepare_process(threads)
     model, settings, classes = load_trained_model(chosen / "model.pt", log=log)
     device = next(model.parameters()).device
     images, labels = load_cache(cache)

@@ -28,13 +28,20 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_job(threads: int, device: str, seed: int | None = None, cudnn_benchmark: bool = False) -> torch.device:
     """Set-up shared by every compute job: CPU threads, seeds, and the device to run on."""
-    torch.set_num_threads(threads)
-    keep_freed_memory()
+    prepare_process(threads)
     if seed is not None:
         seed_everything(seed)
     resolved = resolve_device(device)
     configure_device(resolved, cudnn_benchmark)
     return resolved
+
+
+def prepare_process(threads: int) -> None:
+    """What a compute job sets before anything else, whatever its device: its CPU threads and how
+    its memory is reused (``prepare_job`` starts with it; a job that takes its device from a saved
+    model calls it alone)."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -53,11 +60,10 @@ def keep_freed_memory() -> bool:
     instead of 3.2 GB. The memory stays with the job, which ends with its cell. Returns whether the
     setting took (False where the C library is not glibc, e.g. macOS or musl: nothing changes).
 
-    Every compute job sets it (``prepare_job``; the test evaluation of a network cell, which does
-    without ``prepare_job``, itself). Measured with benchmarks/memory.py's 40,000-image cache:
-    feature extraction 49.6-55.7 s instead of 57.4-65.2 s, peak RSS 1.6-1.7 GB instead of
-    1.4-1.5 GB; the test evaluation of 6,000 rows 14.4-14.7 s instead of 14.8-17.1 s, peak RSS
-    1.2-1.3 GB instead of 1.0-1.1 GB.
+    Every compute job sets it (``prepare_process``). Measured with benchmarks/memory.py's
+    40,000-image cache: feature extraction 49.6-55.7 s instead of 57.4-65.2 s, peak RSS 1.6-1.7 GB
+    instead of 1.4-1.5 GB; the test evaluation of 6,000 rows 14.4-14.7 s instead of 14.8-17.1 s,
+    peak RSS 1.2-1.3 GB instead of 1.0-1.1 GB.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
