@@ -333,32 +333,18 @@ def main() -> None:
             ("full", "fine-tune", args.finetune_epochs),
             ("frozen", "fixed feature extractor", args.frozen_epochs),
         ]
+        options = {"report": not args.no_report, "fork_server": not args.no_fork_server}
         for recipe, name, epochs in recipes:
             if args.only and recipe != args.only:
                 continue
             print(f"\n{name}: the tutorial's loop")
             tutorial = run_tutorial(photos, recipe, epochs, device)
             print(f"{name}: transfergrid")
-            grid = run_transfergrid(
-                photos,
-                recipe,
-                epochs,
-                scratch / f"grid-{recipe}",
-                report=not args.no_report,
-                fork_server=not args.no_fork_server,
-            )
+            grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}", **options)
             report(name, tutorial, grid, on_features=recipe == "frozen")
             if args.compile and recipe == "full":
                 print(f"{name}: transfergrid with train.compile: true")
-                compiled = run_transfergrid(
-                    photos,
-                    recipe,
-                    epochs,
-                    scratch / "grid-compiled",
-                    compile=True,
-                    report=not args.no_report,
-                    fork_server=not args.no_fork_server,
-                )
+                compiled = run_transfergrid(photos, recipe, epochs, scratch / "grid-compiled", compile=True, **options)
                 report(name, tutorial, compiled, "tg + compile")
     finally:
         if neighbour is not None:
