@@ -6,7 +6,8 @@ grid under 30 s, no torch import while Snakemake parses the workflow).
 Each grid is written to a fresh temporary directory (datasets are builtin digits under several
 names; a dry run reads no data). Prints cells, planned jobs (the job-stats total of `snakemake -n
 --quiet rules host`) and seconds. Three learning-rate candidates by default (`--lrs 1.0`: one, the
-default of grid.lrs), so most cells are three training jobs and an evaluation job. With
+default of grid.lrs), so most cells are three training jobs, and every recipe (the cells that differ
+only by seed) one evaluation job. With
 --profile, the last grid also runs under cProfile and the 20 most expensive functions by
 cumulative time are printed. Figures only, no assertions: machines are shared and noisy.
 """

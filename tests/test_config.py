@@ -1,6 +1,7 @@
 """Config schema and validation: defaults everywhere, one-line errors naming the key."""
 
 import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,6 +21,7 @@ from transfergrid.config import (
 )
 from transfergrid.errors import ConfigError
 from transfergrid.grid import cell_settings, expand_cells, prepare_config
+from transfergrid.settings import CellSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -107,6 +109,17 @@ def test_integral_floats_become_integers_that_cells_count_with():
     settings = cell_settings(config, expand_cells(config)[0])
     assert (settings.epochs, settings.batch_size, settings.seed) == (2, 16, 1)
     assert [type(v) for v in (settings.epochs, settings.batch_size, settings.seed)] == [int, int, int]
+
+
+def test_cell_settings_are_their_dict_and_back():
+    config = default_config()
+    config["grid"].update(strategies=["full", "frozen", "freeze:1", "two_phase", "gradual", "scratch"], heads=["mlp"])
+    config["grid"]["lrs"] = [0.5, 1.0]
+    validate_config(config, SCHEMA)
+    for cell in expand_cells(config):
+        settings = cell_settings(config, cell)
+        assert settings.to_dict() == dataclasses.asdict(settings)
+        assert CellSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
 
 
 def test_a_dataset_without_source_is_builtin():

@@ -58,7 +58,9 @@ def pretrained_run(tmp_path_factory):
 def test_one_pretraining_serves_both_target_cells(pretrained_run):
     workdir, _, planned = pretrained_run
     assert (
-        planned["pretrain_backbone"] == 1 and planned["train_candidate"] == 1 and planned["fit_frozen_pretrained"] == 1
+        planned["pretrain_backbone"] == 1
+        and planned["train_candidate"] == 1
+        and planned["fit_frozen_pretrained_photos"] == 1
     )
     assert len(list((workdir / "results/logs/pretrain_backbone").glob("*.log"))) == 1
     for strategy in ("full", "frozen"):
@@ -98,6 +100,8 @@ def test_changing_the_pretraining_reruns_it_and_its_targets(pretrained_run):
     finally:
         write_config(workdir, config)
     assert (
-        planned["pretrain_backbone"] == 1 and planned["train_candidate"] == 1 and planned["fit_frozen_pretrained"] == 1
+        planned["pretrain_backbone"] == 1
+        and planned["train_candidate"] == 1
+        and planned["fit_frozen_pretrained_photos"] == 1
     )
     assert "obtain_dataset" not in planned and "cache_images" not in planned

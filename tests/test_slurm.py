@@ -57,11 +57,11 @@ EVALUATION_FILES = ("test.json", "predictions.csv", "confusion.csv")
 # SLURM jobs of the grid with profiles/slurm, by their log folder under .snakemake/slurm_logs
 # (rule_<rule> or group_<group>_<rules>): one preparation group; per seed one frozen group (the
 # random base's feature extraction, its heads' fitting and evaluation) and one cell group (the full
-# cell's training and evaluation).
-EXPECTED_SUBMISSIONS = {"group_prep": 1, "group_frozen": 2, "group_cell": 2}
+# recipe: both seeds' training and their one evaluation).
+EXPECTED_SUBMISSIONS = {"group_prep": 1, "group_frozen": 2, "group_cell": 1}
 # The config trains on the CPU (this machine has no GPU); the full cells ask for a GPU anyway, as
 # on a GPU cluster, to check the --gpus submission: SLURM schedules its fake GPU.
-GPU_REQUEST = ["--set-resources", "train_candidate:gpu=1", "evaluate_cell:gpu=1"]
+GPU_REQUEST = ["--set-resources", "train_candidate:gpu=1", "evaluate_recipe:gpu=1"]
 GPU_SUBMISSIONS = {"group_cell"}
 LOCAL_RULES = ["aggregate", "report", "all"]  # the jobs the head node runs for this grid
 # The failing cell: a third seed whose training script raises.
@@ -257,9 +257,9 @@ def test_submissions_carry_the_requested_resources(slurm_run):
             assert call["--gpus"] == "1"
             assert call["--mem"] == str(res["train_mem_mb"]) and call["--cpus-per-task"] == str(res["train_threads"])
     by_kind = {call["kind"]: call for call in slurm_run["calls"]}
-    # A group's jobs run one after another: its time limit is the sum of theirs (train + evaluate;
-    # extraction + fitting + evaluation), each a compute job with the configured runtime.
-    assert by_kind["group_cell"]["-t"] == str(2 * res["train_runtime"])
+    # A group's jobs run one after another: its time limit is the sum of theirs (two trainings +
+    # evaluation; extraction + fitting + evaluation), each a compute job with the configured runtime.
+    assert by_kind["group_cell"]["-t"] == str(3 * res["train_runtime"])
     assert by_kind["group_frozen"]["-t"] == str(3 * res["train_runtime"])
     # What SLURM recorded for each job matches what was asked (submissions run in parallel, so a
     # job is paired with a call of the same comment, i.e. the same rule or group).

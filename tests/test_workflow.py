@@ -190,14 +190,22 @@ def test_editing_the_evaluation_code_reevaluates_without_retraining(finished_run
     with edited(workdir / "workflow" / "transfergrid" / "metrics.py", "\n# an edit to the evaluation code\n"):
         planned = planned_jobs(workdir)
     # Three frozen cells on cached random bases (one per dataset): evaluation jobs only.
-    assert planned == {"all": 1, "evaluate_frozen_random": 3, "aggregate": 1, "report": 1}
+    assert planned == {
+        "all": 1,
+        "evaluate_frozen_random_digits": 1,
+        "evaluate_frozen_random_photos": 1,
+        "evaluate_frozen_random_web": 1,
+        "aggregate": 1,
+        "report": 1,
+    }
 
 
 def test_editing_the_training_code_retrains(finished_run):
     workdir, _ = finished_run
     with edited(workdir / "workflow" / "scripts" / "fit_frozen.py", "\n# an edit to the training code\n"):
         planned = planned_jobs(workdir)
-    assert planned["fit_frozen_random"] == 3 and planned["evaluate_frozen_random"] == 3
+    for dataset in ("digits", "photos", "web"):
+        assert planned[f"fit_frozen_random_{dataset}"] == 1 and planned[f"evaluate_frozen_random_{dataset}"] == 1
 
 
 def test_adding_a_seed_runs_only_the_new_cell(finished_run):
@@ -211,8 +219,8 @@ def test_adding_a_seed_runs_only_the_new_cell(finished_run):
     assert planned_jobs(workdir) == {
         "all": 1,
         "extract_features": 1,
-        "fit_frozen_random": 1,
-        "evaluate_frozen_random": 1,
+        "fit_frozen_random_digits": 1,
+        "evaluate_frozen_random_digits": 1,
         "aggregate": 1,
         "report": 1,
     }
@@ -247,17 +255,18 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     config["grid"].update(strategies=["frozen", "full"], heads=["linear", "mlp", "gap", "svm", "logreg"])
     write_config(tmp_path, config)
     # logreg is fit in closed form on a frozen base only: 5 frozen cells (one fitting and one
-    # evaluation job for all of them) + 4 full cells (one training and one evaluation job each)
+    # evaluation job for all of them) + 4 full cells (one training and one evaluation job each:
+    # one seed, so each recipe is one cell)
     assert planned_jobs(tmp_path) == {
         "all": 1,
         "obtain_dataset": 1,
         "split_dataset": 1,
         "cache_images": 1,
         "extract_features": 1,
-        "fit_frozen_random": 1,
-        "evaluate_frozen_random": 1,
+        "fit_frozen_random_digits": 1,
+        "evaluate_frozen_random_digits": 1,
         "train_candidate": 4,
-        "evaluate_cell": 4,
+        "evaluate_recipe": 4,
         "aggregate": 1,
         "report": 1,
     }
@@ -280,10 +289,33 @@ def test_adding_a_learning_rate_candidate_trains_only_that_candidate(tmp_path):
     snakemake(tmp_path)
     config["grid"]["lrs"] = [1.0, 3.0]
     write_config(tmp_path, config)
-    assert planned_jobs(tmp_path) == {"all": 1, "train_candidate": 1, "evaluate_cell": 1, "aggregate": 1, "report": 1}
+    assert planned_jobs(tmp_path) == {"all": 1, "train_candidate": 1, "evaluate_recipe": 1, "aggregate": 1, "report": 1}
     snakemake(tmp_path)
     selection = json.loads(
         (tmp_path / "results/cells/digits/1.0/resnet18/none/full/linear/seed0/selection.json").read_text()
     )
     assert [c["candidate"] for c in selection["candidates"]] == ["lr1.0", "lr3.0"]
     assert selection["chosen"] in ("lr1.0", "lr3.0")
+
+
+def test_a_recipe_is_evaluated_by_one_job_and_a_new_seed_trains_only_that_seed(tmp_path):
+    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
+    config["grid"].update(strategies=["full"], seeds=[0, 1])
+    write_config(tmp_path, config)
+    planned = planned_jobs(tmp_path)
+    assert (planned["train_candidate"], planned["evaluate_recipe"]) == (2, 1)
+    snakemake(tmp_path)
+    recipe = tmp_path / "results/cells/digits/1.0/resnet18/none/full/linear"
+    model = recipe / "seed0" / "lr1.0" / "model.pt"
+    model_mtime = model.stat().st_mtime_ns
+    metrics = {seed: json.loads((recipe / f"seed{seed}" / "test.json").read_text()) for seed in (0, 1)}
+    config["grid"]["seeds"] = [0, 1, 2]
+    write_config(tmp_path, config)
+    # The new seed trains; the recipe's evaluation runs again, for its siblings too, to the same numbers.
+    assert planned_jobs(tmp_path) == {"all": 1, "train_candidate": 1, "evaluate_recipe": 1, "aggregate": 1, "report": 1}
+    snakemake(tmp_path)
+    assert model.stat().st_mtime_ns == model_mtime
+    for seed in (0, 1):
+        again = json.loads((recipe / f"seed{seed}" / "test.json").read_text())
+        assert {**again, "inference": None} == {**metrics[seed], "inference": None}
+    assert sorted(pd.read_csv(tmp_path / "results" / "summary.csv").seed) == [0, 1, 2]

@@ -1,6 +1,8 @@
 # Config validation and the helpers that turn grid coordinates into file names. Everything imported
 # here is torch-free, so parsing the workflow stays fast (a test checks it).
 import functools
+import gc
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from transfergrid.grid import (
 from transfergrid.failures import print_failures
 from transfergrid.forkserver import jobs_may_use_cuda, start_fork_server, stop_fork_server
 from transfergrid.jobs import export_package_path
-from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, Cell
+from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, RECIPE_PATTERN, Cell
 
 # A bad config is one line on stderr (`transfergrid: config key '...': ...`) and exit status 1,
 # before any job and before results/ exists. Local files and folders named in the config are
@@ -38,9 +40,26 @@ with one_line_config_errors():
     )
 export_package_path(WORKFLOW_DIR)
 
+# Snakemake plans a grid with millions of small objects. With Python's default thresholds (700,
+# 10, 10) the cyclic garbage collector ran so often that it took a sixth of `snakemake -n` on
+# 10,164 cells. Fewer, larger collections in the Snakemake process; jobs run in processes of
+# their own (script subprocesses, the fork server), with the defaults.
+gc.set_threshold(50_000, 20, 20)
+
 FEATURE_HEADS = feature_heads(config)
+# The strategy wildcard of the network rules (training, evaluation): every strategy but the frozen
+# cells that frozen.smk fits on cached features, refused by a lookahead over the head that follows.
+# So no two rules write the same file, and Snakemake does not plan a network job for each frozen
+# cell only to drop it (a ruleorder would).
+NETWORK_STRATEGY = (
+    rf"(?!frozen/(?:{'|'.join(map(re.escape, FEATURE_HEADS))})/)[A-Za-z0-9_.:-]+"
+    if FEATURE_HEADS
+    else r"[A-Za-z0-9_.:-]+"
+)
 CANDIDATE_FILES = ("model.pt", "history.csv", "train.json", "cell.json")
 RESULT_FILES = ("test.json", "selection.json", "predictions.csv", "confusion.csv")
+# Every recipe has every seed of the grid (no left-out combination depends on the seed).
+SEEDS = tuple(dict.fromkeys(config["grid"]["seeds"]))
 LOGS = "results/logs"
 WEIGHTS_DIR = config["weights_dir"]
 # Scheduler resources of every compute job (training, features, evaluation, pretraining): one GPU
@@ -150,9 +169,29 @@ def candidate_params(wildcards):
     return candidate_settings(settings_of(cell_from(wildcards)), wildcards.lr).to_dict()
 
 
-def candidate_files(wildcards, name):
-    """One file of every learning-rate candidate of the cell in ``wildcards``."""
-    return [f"{path}/{name}" for path in candidate_dirs(cell_from(wildcards))]
+def recipe_summaries(wildcards):
+    """The train.json of every learning-rate candidate of every seed of the recipe in ``wildcards``,
+    seed by seed."""
+    return [
+        f"{path}/train.json"
+        for seed in SEEDS
+        for path in candidate_dirs(
+            cell_at(
+                wildcards.dataset,
+                wildcards.fraction,
+                wildcards.backbone,
+                wildcards.weights,
+                wildcards.strategy,
+                wildcards.head,
+                seed,
+            )
+        )
+    ]
+
+
+def recipe_outputs():
+    """The result files of every seed of a recipe, written by its one evaluation job."""
+    return [f"{RECIPE_PATTERN}/seed{seed}/{name}" for seed in SEEDS for name in RESULT_FILES]
 
 
 def weights_file(wildcards):
@@ -160,6 +199,17 @@ def weights_file(wildcards):
     if naming.weights_need_file(wildcards.weights):
         return naming.weights_path(WEIGHTS_DIR, wildcards.backbone, wildcards.weights)
     return []
+
+
+def candidate_inputs(wildcards):
+    """A training job's inputs, from one function: Snakemake inspects and calls every input
+    function of every job while it plans the grid."""
+    return {
+        "cache": image_cache_path(wildcards),
+        "split": f"results/datasets/{wildcards.dataset}/split.csv",
+        "classes": f"results/datasets/{wildcards.dataset}/classes.json",
+        "weights": weights_file(wildcards),
+    }
 
 
 @functools.cache
@@ -178,34 +228,34 @@ def frozen_group(dataset, backbone, slug, seed):
     return tuple(frozen_group_cells(config, CELLS, dataset, backbone, slug, seed))
 
 
-def group_cells(wildcards):
-    """The frozen feature cells of the feature cache in ``wildcards`` (see frozen.smk)."""
+def group_cells(wildcards, dataset):
+    """The frozen feature cells of the feature cache of ``dataset`` in ``wildcards`` (see frozen.smk)."""
     seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
     weights = wildcards.weights if "weights" in wildcards.keys() else "none"
-    return list(frozen_group(wildcards.dataset, wildcards.backbone, weights, seed))
+    return list(frozen_group(dataset, wildcards.backbone, weights, seed))
 
 
-def group_feature_cache(wildcards):
-    cell = group_cells(wildcards)[0]
+def group_feature_cache(wildcards, dataset):
+    cell = group_cells(wildcards, dataset)[0]
     size = input_size(cell.backbone, cell.weights)
     return naming.feature_cache_path(cell.dataset, size, cell.backbone, cell.weights, cell.seed)
 
 
-def frozen_outputs(random_base, per_candidate):
-    """Every file one frozen-heads job writes: its candidates' files or its cells' results."""
+def frozen_outputs(dataset, random_base, per_candidate):
+    """Every file one frozen-heads job of ``dataset`` writes: its candidates' files or its cells' results."""
     names = CANDIDATE_FILES if per_candidate else RESULT_FILES
-    return [path for name in names for path in frozen_group_files(config, name, random_base, per_candidate)]
+    return [path for name in names for path in frozen_group_files(config, dataset, name, random_base, per_candidate)]
 
 
-def frozen_inputs(wildcards):
+def frozen_inputs(wildcards, dataset):
     return {
-        "features": group_feature_cache(wildcards),
-        "split": f"results/datasets/{wildcards.dataset}/split.csv",
-        "classes": f"results/datasets/{wildcards.dataset}/classes.json",
+        "features": group_feature_cache(wildcards, dataset),
+        "split": f"results/datasets/{dataset}/split.csv",
+        "classes": f"results/datasets/{dataset}/classes.json",
     }
 
 
-def frozen_candidates(wildcards):
+def frozen_candidates(wildcards, dataset):
     """Settings and directory of every candidate the fitting job writes (a parameter of the job)."""
     return [
         {
@@ -218,21 +268,24 @@ def frozen_candidates(wildcards):
                 else None
             ),
         }
-        for cell in group_cells(wildcards)
+        for cell in group_cells(wildcards, dataset)
         for lr in lr_candidates(config, cell.head)
     ]
 
 
-def frozen_cell_candidates(wildcards):
-    return [{"cell_dir": cell.path, "candidates": list(candidate_dirs(cell))} for cell in group_cells(wildcards)]
+def frozen_cell_candidates(wildcards, dataset):
+    return [
+        {"cell_dir": cell.path, "candidates": list(candidate_dirs(cell))} for cell in group_cells(wildcards, dataset)
+    ]
 
 
-def frozen_evaluation_inputs(wildcards):
-    # The out_dir of every entry of frozen_candidates, without resolving their settings.
-    candidates = [path for cell in group_cells(wildcards) for path in candidate_dirs(cell)]
+def frozen_evaluation_inputs(wildcards, dataset):
+    # The out_dir of every entry of frozen_candidates, without resolving their settings; every one
+    # of them, so that a new candidate's fitting is asked for (see cell_results).
+    candidates = [path for cell in group_cells(wildcards, dataset) for path in candidate_dirs(cell)]
     return {
-        "features": group_feature_cache(wildcards),
-        "split": f"results/datasets/{wildcards.dataset}/split.csv",
+        "features": group_feature_cache(wildcards, dataset),
+        "split": f"results/datasets/{dataset}/split.csv",
         "summaries": [f"{path}/train.json" for path in candidates],
         "code": [package_source("evaluate.py"), package_source("metrics.py")],
     }
@@ -270,17 +323,12 @@ def cell_paths():
 
 def cell_results():
     """One file per cell that stands for all of its results: test.json, selection.json,
-    predictions.csv and confusion.csv are written by one evaluation job, so a job that depends on
-    one of them depends on them all. Snakemake looks up the producer of every input file, each
-    lookup scanning the frozen rules' hundreds of output patterns: with one input per cell
-    instead of five (evaluation jobs likewise one per candidate, the report none), `snakemake -n`
-    on 10,164 cells took 46.7 s instead of 62.8 s."""
+    predictions.csv and confusion.csv are written together by one evaluation job. Snakemake looks
+    up the producer of every input file, so one input per cell instead of five (evaluation jobs
+    likewise one per candidate, the report none) took `snakemake -n` on 10,164 cells from 62.8 s
+    to 46.7 s. One per evaluation job would not do: Snakemake reruns a job for its missing
+    outputs only when another job asks for them, so a new seed's results would never be made."""
     return [f"{path}/test.json" for path in cell_paths()]
-
-
-def checkpoint_path(job_path):
-    """Where a training job checkpoints every epoch: under results/checkpoints/, never an output."""
-    return f"results/checkpoints/{job_path.removeprefix('results/cells/')}.pt"
 
 
 def package_source(module):

@@ -1,26 +1,28 @@
-# Choose a network cell's learning-rate candidate on validation and evaluate it on the test split,
-# exactly once. The evaluation code is an input: editing it re-evaluates, never retrains.
+# Evaluate every seed of a network recipe (the cells that differ only by seed) in one job: for each
+# cell, choose its learning-rate candidate on validation and evaluate it on the test split, exactly
+# once. One job per recipe rather than per cell: a third of the jobs with three seeds, so a third of
+# the start-ups and of Snakemake's own planning per job. The evaluation code is an input: editing
+# it re-evaluates, never retrains.
 
 
-rule evaluate_cell:
+rule evaluate_recipe:
     input:
         # Each candidate's train.json stands for its directory, all of it one training job's
         # outputs (model.pt, history.csv, train.json, cell.json): see cell_results().
-        summaries=lambda wildcards: candidate_files(wildcards, "train.json"),
+        summaries=recipe_summaries,
         cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",
         code=[package_source(name) for name in ("evaluate.py", "metrics.py", "folding.py")],
     output:
-        metrics=f"{CELL_PATTERN}/test.json",
-        selection=f"{CELL_PATTERN}/selection.json",
-        predictions=f"{CELL_PATTERN}/predictions.csv",
-        confusion=f"{CELL_PATTERN}/confusion.csv",
+        recipe_outputs(),
     log:
-        f"{LOGS}/evaluate_cell/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}.log",
+        f"{LOGS}/evaluate_recipe/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}.log",
+    wildcard_constraints:
+        strategy=NETWORK_STRATEGY,
     conda:
         "../../envs/torch.yaml"
     threads: COMPUTE_THREADS
     resources:
         **COMPUTE_RESOURCES,
     script:
-        "../scripts/evaluate_cell.py"
+        "../scripts/evaluate_recipe.py"

@@ -14,6 +14,9 @@ rule extract_features:
         f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}_{{init}}.log",
     wildcard_constraints:
         init=r"pretrained|seed\d+",
+    # On a cluster, one job with the frozen heads fitted and evaluated on these features (frozen.smk).
+    group:
+        "frozen"
     conda:
         "../../envs/torch.yaml"
     threads: COMPUTE_THREADS

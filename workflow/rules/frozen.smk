@@ -2,80 +2,105 @@
 # candidate of one feature cache (each into its own candidate directory), one job evaluates them on
 # the cached test features. Two rules each: a pretrained cache is shared by every seed, a random
 # base is drawn from the cell seed.
+#
+# The rules come once per dataset (fit_frozen_pretrained_<dataset>, ...), the dataset spelled out in
+# their output paths. Snakemake finds the producer of a file by the constant start of each output
+# pattern: with {dataset} as a wildcard, the hundreds of patterns of these rules (every fraction,
+# head, seed and file) all start with results/cells/ and were scanned for every cell file of the
+# grid; spelled out, only those of the file's own dataset and fraction are. No ruleorder is needed:
+# the network rules' strategy wildcard refuses these cells (NETWORK_STRATEGY in common.smk) and a
+# pretrained base's weights wildcard refuses `none`.
+#
+# On a cluster the feature extraction and the frozen jobs of one feature cache run as one group job
+# (group "frozen", see profiles/slurm/config.yaml); Snakemake ignores groups in a local run.
 
 if FEATURE_HEADS:
+    for frozen_dataset in config["grid"]["datasets"]:
 
-    ruleorder: fit_frozen_random > fit_frozen_pretrained > train_candidate
-    ruleorder: evaluate_frozen_random > evaluate_frozen_pretrained > evaluate_cell
+        rule:
+            name:
+                f"fit_frozen_pretrained_{frozen_dataset}"
+            input:
+                unpack(functools.partial(frozen_inputs, dataset=frozen_dataset)),
+            output:
+                frozen_outputs(frozen_dataset, random_base=False, per_candidate=True),
+            log:
+                f"{LOGS}/fit_frozen/{frozen_dataset}_{{backbone}}_{{weights}}.log",
+            wildcard_constraints:
+                weights=r"(?!none/)[A-Za-z0-9_.-]+",  # not a random base: the lookahead sees the path
+            group:
+                "frozen"
+            conda:
+                "../../envs/torch.yaml"
+            threads: COMPUTE_THREADS
+            resources:
+                **COMPUTE_RESOURCES,
+            params:
+                candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
+            script:
+                "../scripts/fit_frozen.py"
 
-    rule fit_frozen_pretrained:
-        input:
-            unpack(frozen_inputs),
-        output:
-            frozen_outputs(random_base=False, per_candidate=True),
-        log:
-            f"{LOGS}/fit_frozen/{{dataset}}_{{backbone}}_{{weights}}.log",
-        wildcard_constraints:
-            weights=r"(?!none$)[A-Za-z0-9_.-]+",
-        conda:
-            "../../envs/torch.yaml"
-        threads: COMPUTE_THREADS
-        resources:
-            **COMPUTE_RESOURCES,
-        params:
-            candidates=frozen_candidates,
-        script:
-            "../scripts/fit_frozen.py"
+        rule:
+            name:
+                f"fit_frozen_random_{frozen_dataset}"
+            input:
+                unpack(functools.partial(frozen_inputs, dataset=frozen_dataset)),
+            output:
+                frozen_outputs(frozen_dataset, random_base=True, per_candidate=True),
+            log:
+                f"{LOGS}/fit_frozen/{frozen_dataset}_{{backbone}}_none_seed{{seed}}.log",
+            group:
+                "frozen"
+            conda:
+                "../../envs/torch.yaml"
+            threads: COMPUTE_THREADS
+            resources:
+                **COMPUTE_RESOURCES,
+            params:
+                candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
+            script:
+                "../scripts/fit_frozen.py"
 
-    rule fit_frozen_random:
-        input:
-            unpack(frozen_inputs),
-        output:
-            frozen_outputs(random_base=True, per_candidate=True),
-        log:
-            f"{LOGS}/fit_frozen/{{dataset}}_{{backbone}}_none_seed{{seed}}.log",
-        conda:
-            "../../envs/torch.yaml"
-        threads: COMPUTE_THREADS
-        resources:
-            **COMPUTE_RESOURCES,
-        params:
-            candidates=frozen_candidates,
-        script:
-            "../scripts/fit_frozen.py"
+        rule:
+            name:
+                f"evaluate_frozen_pretrained_{frozen_dataset}"
+            input:
+                unpack(functools.partial(frozen_evaluation_inputs, dataset=frozen_dataset)),
+            output:
+                frozen_outputs(frozen_dataset, random_base=False, per_candidate=False),
+            log:
+                f"{LOGS}/evaluate_frozen/{frozen_dataset}_{{backbone}}_{{weights}}.log",
+            wildcard_constraints:
+                weights=r"(?!none/)[A-Za-z0-9_.-]+",  # not a random base: the lookahead sees the path
+            group:
+                "frozen"
+            conda:
+                "../../envs/torch.yaml"
+            threads: COMPUTE_THREADS
+            resources:
+                **COMPUTE_RESOURCES,
+            params:
+                cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
+            script:
+                "../scripts/evaluate_frozen.py"
 
-    rule evaluate_frozen_pretrained:
-        input:
-            unpack(frozen_evaluation_inputs),
-        output:
-            frozen_outputs(random_base=False, per_candidate=False),
-        log:
-            f"{LOGS}/evaluate_frozen/{{dataset}}_{{backbone}}_{{weights}}.log",
-        wildcard_constraints:
-            weights=r"(?!none$)[A-Za-z0-9_.-]+",
-        conda:
-            "../../envs/torch.yaml"
-        threads: COMPUTE_THREADS
-        resources:
-            **COMPUTE_RESOURCES,
-        params:
-            cells=frozen_cell_candidates,
-        script:
-            "../scripts/evaluate_frozen.py"
-
-    rule evaluate_frozen_random:
-        input:
-            unpack(frozen_evaluation_inputs),
-        output:
-            frozen_outputs(random_base=True, per_candidate=False),
-        log:
-            f"{LOGS}/evaluate_frozen/{{dataset}}_{{backbone}}_none_seed{{seed}}.log",
-        conda:
-            "../../envs/torch.yaml"
-        threads: COMPUTE_THREADS
-        resources:
-            **COMPUTE_RESOURCES,
-        params:
-            cells=frozen_cell_candidates,
-        script:
-            "../scripts/evaluate_frozen.py"
+        rule:
+            name:
+                f"evaluate_frozen_random_{frozen_dataset}"
+            input:
+                unpack(functools.partial(frozen_evaluation_inputs, dataset=frozen_dataset)),
+            output:
+                frozen_outputs(frozen_dataset, random_base=True, per_candidate=False),
+            log:
+                f"{LOGS}/evaluate_frozen/{frozen_dataset}_{{backbone}}_none_seed{{seed}}.log",
+            group:
+                "frozen"
+            conda:
+                "../../envs/torch.yaml"
+            threads: COMPUTE_THREADS
+            resources:
+                **COMPUTE_RESOURCES,
+            params:
+                cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
+            script:
+                "../scripts/evaluate_frozen.py"

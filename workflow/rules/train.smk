@@ -5,10 +5,7 @@
 
 rule train_candidate:
     input:
-        cache=image_cache_path,
-        split="results/datasets/{dataset}/split.csv",
-        classes="results/datasets/{dataset}/classes.json",
-        weights=weights_file,
+        unpack(candidate_inputs),
     output:
         model=f"{CANDIDATE_PATTERN}/model.pt",
         history=f"{CANDIDATE_PATTERN}/history.csv",
@@ -16,6 +13,8 @@ rule train_candidate:
         cell=f"{CANDIDATE_PATTERN}/cell.json",
     log:
         f"{LOGS}/train_candidate/{{dataset}}/{{fraction}}/{{backbone}}/{{weights}}/{{strategy}}/{{head}}/seed{{seed}}/lr{{lr}}.log",
+    wildcard_constraints:
+        strategy=NETWORK_STRATEGY,
     conda:
         "../../envs/torch.yaml"
     threads: COMPUTE_THREADS
@@ -23,7 +22,5 @@ rule train_candidate:
         **COMPUTE_RESOURCES,
     params:
         cell=candidate_params,
-        # Resumable state, written every epoch where Snakemake does not delete it (not an output).
-        checkpoint=lambda wildcards: checkpoint_path(cell_from(wildcards).candidate_path(wildcards.lr)),
     script:
         "../scripts/train_candidate.py"

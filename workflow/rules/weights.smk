@@ -56,6 +56,5 @@ rule pretrain_backbone:
         **COMPUTE_RESOURCES,
     params:
         job=pretrain_params,
-        checkpoint=lambda wildcards: checkpoint_path(f"pretrain/{wildcards.backbone}/{wildcards.name}"),
     script:
         "../scripts/pretrain_backbone.py"

@@ -6,6 +6,7 @@ run_in_fork_server()
 from pathlib import Path
 
 from transfergrid.jobs import run_job
+from transfergrid.naming import checkpoint_path
 from transfergrid.pretrain import pretrain_backbone
 from transfergrid.settings import PretrainJob
 
@@ -19,7 +20,8 @@ def main(smk, log):
         Path(smk.output.weights),
         smk.threads,
         log,
-        checkpoint_path=Path(smk.params.checkpoint),
+        # Resumable state, written every epoch where Snakemake does not delete it (not an output).
+        checkpoint_path=Path(checkpoint_path(f"pretrain/{smk.wildcards.backbone}/{smk.wildcards.name}")),
     )
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from transfergrid.cell import CellInputs, train_candidate
 from transfergrid.jobs import run_job
+from transfergrid.naming import checkpoint_path
 from transfergrid.settings import CellSettings
 
 
 def main(smk, log):
+    out_dir = Path(smk.output.model).parent
     inputs = CellInputs(
         split=Path(smk.input.split),
         classes=Path(smk.input.classes),
@@ -20,10 +22,11 @@ def main(smk, log):
     train_candidate(
         CellSettings.from_dict(smk.params.cell),
         inputs,
-        Path(smk.output.model).parent,
+        out_dir,
         smk.threads,
         log,
-        checkpoint_path=Path(smk.params.checkpoint),
+        # Resumable state, written every epoch where Snakemake does not delete it (not an output).
+        checkpoint_path=Path(checkpoint_path(out_dir)),
     )
 
 

@@ -164,22 +164,35 @@ def _timed_predict(model, batches, device, precision="fp32") -> tuple[torch.Tens
 # The two kinds of cell
 
 
+def evaluate_network_cells(
+    cells: list[tuple[Path, list[Path]]], cache: Path, split_csv: Path, threads: int = 1, log=print
+) -> list[dict]:
+    """For every (cell dir, candidate dirs), e.g. the seeds of one recipe: choose the candidate on
+    val, run its network on the test images, write the test outputs. The image cache and the test
+    rows are opened once for all of them."""
+    prepare_process(threads)
+    images, labels = load_cache(cache)
+    rows = split_rows(read_split(split_csv), "test")
+    results = []
+    for out_dir, candidate_dirs in cells:
+        chosen, selection = choose_candidate(candidate_dirs)
+        model, settings, classes = load_trained_model(chosen / "model.pt", log=log)
+        device = next(model.parameters()).device
+        logits, targets, seconds = _timed_predict(
+            model, make_batches(settings, images, labels, rows, device, False), device
+        )
+        run = TestRun(rows, targets.numpy(), logits, seconds, str(device))
+        results.append(write_test_outputs(out_dir, run, classes, selection, log))
+    return results
+
+
 def evaluate_network_cell(
     candidate_dirs: list[Path], cache: Path, split_csv: Path, out_dir: Path, threads: int = 1, log=print
 ) -> dict:
-    """Choose the candidate on val, run its network on the test images, write the test outputs."""
-    chosen, selection = choose_candidate(candidate_dirs)
-    prepare_process(threads)
-    model, settings, classes = load_trained_model(chosen / "model.pt", log=log)
-    device = next(model.parameters()).device
-    images, labels = load_cache(cache)
-    rows = split_rows(read_split(split_csv), "test")
-    logits, targets, seconds = _timed_predict(
-        model, make_batches(settings, images, labels, rows, device, False), device
-    )
-    return write_test_outputs(
-        out_dir, TestRun(rows, targets.numpy(), logits, seconds, str(device)), classes, selection, log
-    )
+    """``evaluate_network_cells`` for one cell."""
+    cells = [(Path(out_dir), [Path(path) for path in candidate_dirs])]
+    (metrics,) = evaluate_network_cells(cells, cache, split_csv, threads, log)
+    return metrics
 
 
 def evaluate_frozen_group(

@@ -233,10 +233,10 @@ def feature_heads(config: dict) -> list[str]:
     return [head for head in config["grid"]["heads"] if trains_on_features(head, "frozen", config["train"])]
 
 
-def frozen_group_files(config: dict, filename: str, random_base: bool, per_candidate: bool) -> list[str]:
-    """Output patterns of a frozen-heads job: ``filename`` of every frozen feature cell (or of every
-    candidate of it) of one feature cache. Wildcards: dataset, backbone and weights (a pretrained
-    cache, shared by every seed) or dataset, backbone and seed (a random base drawn from the seed).
+def frozen_group_files(config: dict, dataset: str, filename: str, random_base: bool, per_candidate: bool) -> list[str]:
+    """Output patterns of a frozen-heads job of ``dataset``: ``filename`` of every frozen feature
+    cell (or of every candidate of it) of one feature cache. Wildcards: backbone and weights (a
+    pretrained cache, shared by every seed) or backbone and seed (a random base drawn from the seed).
     """
     grid = config["grid"]
     seeds = ["{seed}"] if random_base else [str(seed) for seed in grid["seeds"]]
@@ -245,7 +245,7 @@ def frozen_group_files(config: dict, filename: str, random_base: bool, per_candi
     for fraction in (format_fraction(f) for f in grid["fractions"]):
         for head in feature_heads(config):
             for seed in seeds:
-                cell = f"{CELLS_ROOT}/{{dataset}}/{fraction}/{{backbone}}/{weights}/frozen/{head}/seed{seed}"
+                cell = f"{CELLS_ROOT}/{dataset}/{fraction}/{{backbone}}/{weights}/frozen/{head}/seed{seed}"
                 candidates = lr_candidates(config, head) if per_candidate else [None]
                 for lr in candidates:
                     files.append(f"{cell}/lr{lr}/{filename}" if lr else f"{cell}/{filename}")

@@ -25,7 +25,9 @@ PRETRAIN_SLUG = "pretrain-"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 CELLS_ROOT = "results/cells"
-CELL_PATTERN = CELLS_ROOT + "/{dataset}/{fraction}/{backbone}/{weights}/{strategy}/{head}/seed{seed}"
+# A recipe: the cells that differ only by seed (evaluated by one job, summarised over seeds).
+RECIPE_PATTERN = CELLS_ROOT + "/{dataset}/{fraction}/{backbone}/{weights}/{strategy}/{head}"
+CELL_PATTERN = RECIPE_PATTERN + "/seed{seed}"
 # One directory per learning-rate candidate inside a cell (``lr1.0`` for the configured rate), so
 # adding a candidate trains only that candidate.
 CANDIDATE_DIR = "lr{lr}"
@@ -125,6 +127,13 @@ class Cell:
 
     def candidate_path(self, multiplier: str) -> str:
         return f"{self.path}/{CANDIDATE_DIR.format(lr=multiplier)}"
+
+
+def checkpoint_path(job_dir: str | Path) -> str:
+    """Where a training job (a candidate directory under results/cells/, or ``pretrain/<backbone>/
+    <name>``) checkpoints every epoch: under results/checkpoints/, never one of its outputs, so that
+    Snakemake does not delete it with a failed job's outputs."""
+    return f"results/checkpoints/{Path(job_dir).as_posix().removeprefix(CELLS_ROOT + '/')}.pt"
 
 
 def weights_path(weights_dir: str, backbone: str, weights: str) -> str:

@@ -8,7 +8,7 @@ been filled in and checked, so no code downstream writes ``.get(key, default)``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,15 @@ class CellSettings:
     lr_multiplier: float = 1.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # asdict's result, without its recursive deep copy: Snakemake asks for the settings of every
+        # training job while it plans the grid. The option dicts are copied one level deep.
+        return {
+            **self.__dict__,
+            "optimizer": dict(self.optimizer.__dict__),
+            "schedule": dict(self.schedule.__dict__),
+            "strategy_options": dict(self.strategy_options),
+            "head_options": dict(self.head_options),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> CellSettings:
