@@ -59,7 +59,7 @@ NETWORK_STRATEGY = (
 CANDIDATE_FILES = ("model.pt", "history.csv", "train.json", "cell.json")
 RESULT_FILES = ("test.json", "selection.json", "predictions.csv", "confusion.csv")
 # Every recipe has every seed of the grid (no left-out combination depends on the seed).
-SEEDS = tuple(dict.fromkeys(config["grid"]["seeds"]))
+SEEDS = tuple(config["grid"]["seeds"])
 LOGS = "results/logs"
 WEIGHTS_DIR = config["weights_dir"]
 # Scheduler resources of every compute job (training, features, evaluation, pretraining): one GPU
