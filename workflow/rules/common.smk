@@ -51,10 +51,9 @@ FEATURE_HEADS = feature_heads(config)
 # cells that frozen.smk fits on cached features, refused by a lookahead over the head that follows.
 # So no two rules write the same file, and Snakemake does not plan a network job for each frozen
 # cell only to drop it (a ruleorder would).
+STRATEGY_NAME = r"[A-Za-z0-9_.:-]+"
 NETWORK_STRATEGY = (
-    rf"(?!frozen/(?:{'|'.join(map(re.escape, FEATURE_HEADS))})/)[A-Za-z0-9_.:-]+"
-    if FEATURE_HEADS
-    else r"[A-Za-z0-9_.:-]+"
+    rf"(?!frozen/(?:{'|'.join(map(re.escape, FEATURE_HEADS))})/){STRATEGY_NAME}" if FEATURE_HEADS else STRATEGY_NAME
 )
 CANDIDATE_FILES = ("model.pt", "history.csv", "train.json", "cell.json")
 RESULT_FILES = ("test.json", "selection.json", "predictions.csv", "confusion.csv")
@@ -103,7 +102,7 @@ wildcard_constraints:
     fraction=r"[0-9.]+",
     backbone=r"[A-Za-z0-9_.-]+",
     weights=r"[A-Za-z0-9_.-]+",
-    strategy=r"[A-Za-z0-9_.:-]+",
+    strategy=STRATEGY_NAME,
     head=r"[A-Za-z0-9_.-]+",
     seed=r"\d+",
     size=r"\d+",
