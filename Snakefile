@@ -32,6 +32,9 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 
 
+start_group_fork_server()  # only in a cluster job group's own Snakemake process (common.smk)
+
+
 rule all:
     default_target: True
     input:

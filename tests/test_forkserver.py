@@ -124,7 +124,12 @@ def test_without_a_usable_server_the_job_runs_on_its_own(server, tmp_path):
     address = json.loads(os.environ[forkserver.ENV])
     other_python = json.dumps({**address, "python": "/opt/conda/envs/other/bin/python"})
     gone = json.dumps({**address, "address": "transfergrid-nobody-listens", "pid": 2**22 + 17})
-    for env in ({forkserver.ENV: other_python}, {forkserver.ENV: gone}):
+    # A server of another host, or of a SLURM allocation that is not the job's (a run's head node,
+    # another job's allocation on the same node), is out of the job's reach even when it listens.
+    other_host = json.dumps({**address, "host": "another-node"})
+    other_allocation = json.dumps({**address, "slurm_job": "4242"})
+    unusable = (other_python, gone, other_host, other_allocation)
+    for env in ({forkserver.ENV: descriptor} for descriptor in unusable):
         started = time.monotonic()
         result = run_job(tmp_path, "plain", env=env)
         assert result.returncode == 0, result.stderr

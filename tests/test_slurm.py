@@ -63,6 +63,11 @@ EXPECTED_SUBMISSIONS = {"group_prep": 1, "group_frozen": 2, "group_cell": 1}
 # on a GPU cluster, to check the --gpus submission: SLURM schedules its fake GPU.
 GPU_REQUEST = ["--set-resources", "train_candidate:gpu=1", "evaluate_recipe:gpu=1"]
 GPU_SUBMISSIONS = {"group_cell"}
+# On the CPU, the compute jobs of each group fork from one server in the group's allocation: the two
+# frozen groups' extraction, fitting and evaluation, and the cell group's two trainings and one
+# evaluation. The preparation group has no compute job and starts no server.
+FORK_SERVER_LOGS = "results/logs/fork_server"
+JOBS_SERVED_PER_GROUP = [3, 3, 3]
 LOCAL_RULES = ["aggregate", "report", "all"]  # the jobs the head node runs for this grid
 # The failing cell: a third seed whose training script raises.
 FAILING_CELL = CELL_DIR.format(strategy="full", seed=2)
@@ -201,7 +206,8 @@ def slurm_run(cluster, tmp_path_factory):
     calls = sbatch_calls(result.stdout)
     gpu_call = next(call["line"] for call in calls if "--gpus" in call)
     print(f"\nSLURM run: {seconds:.0f} s, {len(calls)} SLURM jobs; one sbatch call:\n{gpu_call}")
-    return {"workdir": workdir, "output": result.stdout, "calls": calls, "profile": profile}
+    fork_servers = {log.name: log.read_text() for log in (workdir / FORK_SERVER_LOGS).glob("group_*.log")}
+    return {"workdir": workdir, "output": result.stdout, "calls": calls, "profile": profile, "servers": fork_servers}
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +279,12 @@ def test_submissions_carry_the_requested_resources(slurm_run):
         assert minutes(job["TimeLimit"]) == int(call["-t"])
         assert job["MinMemoryNode"] == f"{call['--mem']}M"
         assert ("gpu:1" in job.get("TresPerJob", "")) == (call["kind"] in GPU_SUBMISSIONS)
+
+
+def test_the_compute_jobs_of_a_group_fork_from_one_server_in_its_allocation(slurm_run):
+    served = [re.search(r"stopped; (\d+) jobs served", log) for log in slurm_run["servers"].values()]
+    assert all(served), slurm_run["servers"]
+    assert sorted(int(match.group(1)) for match in served) == JOBS_SERVED_PER_GROUP
 
 
 def test_outputs_equal_a_local_run(slurm_run, local_run):

@@ -10,6 +10,9 @@ rule cache_images:
         labels="results/cache/{dataset}/{size}px.labels.npy",
     log:
         f"{LOGS}/cache_images/{{dataset}}_{{size}}px.log",
+    # On a cluster, one job with obtaining and splitting the dataset (see profiles/slurm).
+    group:
+        "prep"
     conda:
         "../../envs/torch.yaml"
     threads: config["resources"]["cache_threads"]

@@ -1,5 +1,7 @@
 # Config validation and the helpers that turn grid coordinates into file names. Everything imported
 # here is torch-free, so parsing the workflow stays fast (a test checks it).
+import argparse
+import atexit
 import functools
 import gc
 import re
@@ -23,7 +25,7 @@ from transfergrid.grid import (
     pretrain_job,
 )
 from transfergrid.failures import print_failures
-from transfergrid.forkserver import jobs_may_use_cuda, start_fork_server, stop_fork_server
+from transfergrid.forkserver import fork_server_in_reach, jobs_may_use_cuda, start_fork_server, stop_fork_server
 from transfergrid.jobs import export_package_path
 from transfergrid.naming import CANDIDATE_PATTERN, CELL_PATTERN, RECIPE_PATTERN, Cell
 
@@ -71,19 +73,45 @@ COMPUTE_RESOURCES = {
 COMPUTE_THREADS = config["resources"]["train_threads"]
 
 
-# A local CPU run's compute jobs fork from one server that imported torch once (forkserver.py);
-# cluster jobs, nested Snakemake processes and jobs that may use CUDA run as fresh processes.
+# A local CPU run's compute jobs fork from one server that imported torch once (forkserver.py), and
+# so do the jobs of a cluster job group, from a server inside the group's allocation. Other cluster
+# jobs, nested Snakemake processes and jobs that may use CUDA run as fresh processes.
 FORK_SERVER = []
 
 
+def fork_server_wanted():
+    return config["resources"]["fork_server"] and not jobs_may_use_cuda(config["train"]["device"])
+
+
 onstart:
-    if (
-        workflow.is_main_process
-        and workflow.local_exec
-        and config["resources"]["fork_server"]
-        and not jobs_may_use_cuda(config["train"]["device"])
-    ):
+    if workflow.is_main_process and workflow.local_exec and fork_server_wanted():
         FORK_SERVER.append(start_fork_server(f"{LOGS}/fork_server.log"))
+
+
+def start_group_fork_server():
+    """In the Snakemake process that runs a cluster job group inside the group's allocation: start
+    a fork server there when the group has compute jobs, and stop it when the process exits.
+
+    That process starts the group's jobs as Snakemake processes of their own (under SLURM, each in
+    an `srun` step, or all of them in one), and their scripts fork from its server instead of each
+    importing torch. It runs without hooks, so it starts the server while it parses (the Snakefile
+    calls this after the last rule). Snakemake fills in workflow.group_settings only after parsing:
+    the group comes from the `--local-groupid` and `--allowed-rules` on the process's command line.
+    Nested Snakemake processes of the same group see the server in their environment and start none.
+    """
+    if not workflow.remote_exec or not fork_server_wanted() or fork_server_in_reach():
+        return
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--local-groupid", default="local")
+    parser.add_argument("--allowed-rules", nargs="*", default=[])
+    args = parser.parse_known_args(sys.argv[1:])[0]
+    # Compute rules are the ones with COMPUTE_RESOURCES (a `gpu` resource); data rules do not fork.
+    has_compute_jobs = any("gpu" in workflow.get_rule(name).resources for name in args.allowed_rules)
+    if args.local_groupid == "local" or not has_compute_jobs:
+        return
+    server = start_fork_server(f"{LOGS}/fork_server/group_{args.local_groupid}.log")
+    FORK_SERVER.append(server)
+    atexit.register(stop_fork_server, server)
 
 
 onsuccess:

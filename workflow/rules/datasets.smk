@@ -29,6 +29,9 @@ rule obtain_dataset:
         images=directory("results/datasets/{dataset}/images"),
     log:
         f"{LOGS}/obtain_dataset/{{dataset}}.log",
+    # On a cluster, one job with the split and the image cache (see profiles/slurm).
+    group:
+        "prep"
     conda:
         "../../envs/torch.yaml"
     params:

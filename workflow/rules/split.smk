@@ -8,6 +8,9 @@ rule split_dataset:
         split="results/datasets/{dataset}/split.csv",
     log:
         f"{LOGS}/split_dataset/{{dataset}}.log",
+    # On a cluster, one job with obtaining the dataset and caching its images (see profiles/slurm).
+    group:
+        "prep"
     conda:
         "../../envs/data.yaml"
     params:

@@ -13,8 +13,14 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   process forks the job from the preloaded server, which runs the script exactly as
   ``python <script>`` would, and the job exits the way the forked job did: same status, or killed by
   the same signal (so Snakemake reports it the same way).
-- Whenever the server cannot take the job, the job runs in its own process as before: remote jobs
-  (SLURM nodes have no server), dry runs, another Python (a conda environment), a server that died,
+- A cluster job group (several jobs that SLURM runs one after another in one allocation) has a
+  server of its own: the group's Snakemake process starts one in the allocation's batch step, which
+  lives until the group is done, and the group's jobs, each started in a step of its own with
+  ``srun python -m snakemake``, fork from it. A job uses a server only on the host and in the SLURM
+  allocation that started it: a job submitted from a run whose head node has a server, or sent to
+  another node, does not reach outside its allocation.
+- Whenever the server cannot take the job, the job runs in its own process as before: a cluster job
+  that is not part of a group, dry runs, another Python (a conda environment), a server that died,
   ``resources.fork_server: false``.
 
 Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool), so each
@@ -88,7 +94,7 @@ def start_fork_server(log_path: str | Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             cwd=os.getcwd(),
         )
-    os.environ[ENV] = json.dumps({"address": address, "pid": server.pid, "python": _interpreter()})
+    os.environ[ENV] = json.dumps({"address": address, "pid": server.pid, "python": _interpreter(), **_where()})
     return server
 
 
@@ -115,6 +121,13 @@ def stop_fork_server(server: subprocess.Popen | None) -> None:
 
 def _interpreter() -> str:
     return os.path.realpath(sys.executable)
+
+
+def _where() -> dict[str, str | None]:
+    """Where a server serves: its host and SLURM allocation (None outside SLURM). A job elsewhere
+    must not use it: on another host its address means nothing (and its PID is another process's),
+    and on the same host outside the allocation the job would run beyond what SLURM granted."""
+    return {"host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,13 +164,29 @@ def run_in_fork_server() -> None:
     os._exit(status)
 
 
-def _connect() -> socket.socket | None:
+def fork_server_in_reach() -> bool:
+    """Whether this process's environment names a server that its jobs may use."""
+    return _server_in_reach() is not None
+
+
+def _server_in_reach() -> dict | None:
     try:
         server = json.loads(os.environ[ENV])
     except (KeyError, ValueError):
         return None
     if server.get("python") != _interpreter():
         return None  # another Python (a conda environment): its packages are not the server's
+    if {key: server.get(key) for key in ("host", "slurm_job")} != _where():
+        return None  # another host or SLURM allocation (see _where)
+    if not process_is_running(server["pid"]):
+        return None
+    return server
+
+
+def _connect() -> socket.socket | None:
+    server = _server_in_reach()
+    if server is None:
+        return None
     deadline = time.monotonic() + WAIT_FOR_READY_S
     while True:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
