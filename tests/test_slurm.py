@@ -5,11 +5,12 @@ directory; a 4-cell digits grid then runs once locally and once with
 `snakemake --workflow-profile profiles/slurm` (plus `--slurm-init-seconds-before-status-checks 1`:
 the profile's 40 s first status check suits real jobs, not 10-second ones). The tests check that
 every job went through SLURM with the resources the rules and the profile ask for (the GPU jobs
-with --gpus=1), that the cells' evaluation outputs equal the local run's, that a failing cell is
-reported with its log paths, and that stop.sh stops every daemon start.sh started.
+with --gpus=1), that each group's compute jobs forked from one server in the group's allocation,
+that the cells' evaluation outputs equal the local run's, that a failing cell is reported with its
+log paths, and that stop.sh stops every daemon start.sh started.
 
 Needs root and the Debian packages munge, slurm-client, slurmctld, slurmd (.ci/run installs
-them): skipped without them, except under CI=true, where that is a failure. Takes ~6-7 min on a
+them): skipped without them, except under CI=true, where that is a failure. Takes 2-2.5 min on a
 2-core machine.
 """
 
