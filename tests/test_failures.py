@@ -1,5 +1,8 @@
 """The end of a failed run lists every failed job in one line: what it worked on, why, its log."""
 
+import pytest
+from test_workflow import copy_workflow, grid_config, snakemake, write_config
+
 from transfergrid.failures import failure_lines
 
 SNAKEMAKE_LOG = """\
@@ -22,6 +25,11 @@ Error in rule extract_features:
     message: None
     jobid: 9
     log: {crashed} (check log file(s) for error details)
+[Sat Nov 28 01:27:59 2026]
+Error in rule fit_frozen_pretrained_digits:
+    message: None
+    jobid: 10
+    log: {unfit} (check log file(s) for error details)
 Exiting because a job execution failed. Look above for error messages
 """
 
@@ -31,19 +39,53 @@ def test_every_failed_job_gets_one_line_with_its_reason(tmp_path):
     killed = logs / "train_candidate" / "digits/1.0/resnet18/none/full/linear/seed0/lr1.0.log"
     diverged = logs / "evaluate_recipe" / "digits/1.0/resnet18/none/full/linear.log"
     crashed = logs / "extract_features" / "digits_32px_resnet18_none_seed0.log"
-    for path in (killed, diverged, crashed):
+    # The frozen rules are named per dataset but log in one stage folder.
+    unfit = logs / "fit_frozen" / "digits_resnet18_imagenet.log"
+    for path in (killed, diverged, crashed, unfit):
         path.parent.mkdir(parents=True, exist_ok=True)
     killed.write_text("epoch 1: phase 'train'\n")
     diverged.write_text("error: cell .../seed1: every learning-rate candidate diverged (lr1.0: ...)\n")
     crashed.write_text(
         "unexpected error in rule extract_features:\nTraceback (most recent call last):\n  ...\nOSError: disk full\n"
     )
+    unfit.write_text("error: head 'svm': no class has two training images\n")
     log = tmp_path / "snakemake.log"
-    log.write_text(SNAKEMAKE_LOG.format(killed=killed, diverged=diverged, crashed=crashed))
+    log.write_text(SNAKEMAKE_LOG.format(killed=killed, diverged=diverged, crashed=crashed, unfit=unfit))
     lines = failure_lines(log)
     assert lines == [
         f"  train_candidate digits/1.0/resnet18/none/full/linear/seed0/lr1.0: killed by SIGKILL (log: {killed})",
         f"  evaluate_recipe digits/1.0/resnet18/none/full/linear: cell .../seed1: every learning-rate candidate "
         f"diverged (lr1.0: ...) (log: {diverged})",
         f"  extract_features digits_32px_resnet18_none_seed0: OSError: disk full (log: {crashed})",
+        f"  fit_frozen_pretrained_digits digits_resnet18_imagenet: head 'svm': no class has two training images "
+        f"(log: {unfit})",
     ]
+
+
+@pytest.mark.e2e
+def test_keep_going_ends_with_one_line_per_failed_job(tmp_path):
+    """A real run with --keep-going: a training that fails does not stop the other cells, and the
+    run ends with one line naming the failed job, what it worked on, why, and its log."""
+    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": 20}}, seeds=(0, 1))
+    config["grid"]["strategies"] = ["full", "frozen"]
+    copy_workflow(tmp_path)
+    write_config(tmp_path, config)
+    script = tmp_path / "workflow" / "scripts" / "train_candidate.py"
+    script.write_text(
+        script.read_text().replace(
+            "def main(smk, log):\n",
+            "def main(smk, log):\n    if '/seed1/' in smk.output.model:\n        raise RuntimeError('made to fail')\n",
+        )
+    )
+    result = snakemake(tmp_path, "--keep-going", check=False)
+    assert result.returncode != 0
+    log = "results/logs/train_candidate/digits/1.0/resnet18/none/full/linear/seed1/lr1.0.log"
+    summary = result.stdout[result.stdout.index("transfergrid: 1 job(s) failed:") :].splitlines()
+    assert summary[1] == (
+        f"  train_candidate digits/1.0/resnet18/none/full/linear/seed1/lr1.0: RuntimeError: made to fail (log: {log})"
+    )
+    # Every cell that does not need the failed training was finished.
+    cells = tmp_path / "results" / "cells" / "digits" / "1.0" / "resnet18" / "none"
+    assert (cells / "frozen" / "linear" / "seed0" / "test.json").exists()
+    assert (cells / "frozen" / "linear" / "seed1" / "test.json").exists()
+    assert (cells / "full" / "linear" / "seed0" / "lr1.0" / "model.pt").exists()

@@ -27,6 +27,15 @@ def job_reason(job_log: Path) -> str | None:
     return None
 
 
+def worked_on(job_log: Path) -> str:
+    """What a job worked on: its log's path below results/logs/<stage>/, where every rule logs. The
+    stage is not always the rule's name (fit_frozen_pretrained_<dataset> logs in fit_frozen/, and
+    SLURM reports a failed group by the group's name)."""
+    parts = job_log.with_suffix("").parts
+    below_stage = [i + 3 for i in range(len(parts) - 3) if parts[i : i + 2] == ("results", "logs")]
+    return "/".join(parts[below_stage[-1] :]) if below_stage else job_log.with_suffix("").as_posix()
+
+
 def failure_lines(snakemake_log: Path) -> list[str]:
     """One line per failed job of a run: rule, what it was working on, why, and its log."""
     text = Path(snakemake_log).read_text(errors="replace")
@@ -40,7 +49,7 @@ def failure_lines(snakemake_log: Path) -> list[str]:
         if reason is None:
             signal = _SIGNAL.search(block + tail)
             reason = f"killed by {signal.group(1)}" if signal else "see its log"
-        target = job_log.as_posix().split(f"/{rule}/", 1)[-1].removesuffix(".log") if job_log else ""
+        target = worked_on(job_log) if job_log else ""
         lines.append(f"  {rule} {target}: {reason}" + (f" (log: {job_log})" if job_log else ""))
     return list(dict.fromkeys(lines))
 
