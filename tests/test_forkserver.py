@@ -23,13 +23,13 @@ PACKAGE_PATH = str(ROOT / "workflow")
 # A job script as Snakemake runs it: it hands itself to the server first, then reports where it ran.
 JOB = textwrap.dedent(
     """
+    import os
     import sys
     torch_already_imported = "torch" in sys.modules
     from transfergrid.forkserver import run_in_fork_server
 
-    run_in_fork_server()
+    run_in_fork_server(wait_for_server=os.environ.get("JOB_WAITS", "1") == "1")
 
-    import os
     import torch
 
     print(f"preloaded={torch_already_imported} threads={torch.get_num_threads()} cwd={os.getcwd()}", flush=True)
@@ -140,6 +140,20 @@ def test_without_a_usable_server_the_job_runs_on_its_own(server, tmp_path):
         [sys.executable, str(tmp_path / "job.py")], cwd=tmp_path, env=no_server, capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("preloaded=False")
+
+
+def test_a_job_that_needs_no_torch_does_not_wait_for_a_server_still_importing(server, tmp_path):
+    # A live server process that does not listen yet: a job that waits would wait WAIT_FOR_READY_S.
+    importing = json.dumps({**json.loads(os.environ[forkserver.ENV]), "address": "transfergrid-not-yet"})
+    started = time.monotonic()
+    result = run_job(tmp_path, "plain", env={forkserver.ENV: importing, "JOB_WAITS": "0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("preloaded=False")
+    assert time.monotonic() - started < forkserver.WAIT_FOR_READY_S / 2
+    # Once the server listens (a job that waits makes sure of it), such a job forks from it too.
+    assert run_job(tmp_path, "plain").stdout.startswith("preloaded=True")
+    result = run_job(tmp_path, "plain", env={"JOB_WAITS": "0"})
+    assert result.returncode == 0 and result.stdout.startswith("preloaded=True"), result.stdout + result.stderr
 
 
 def test_the_server_stops_with_its_snakemake(tmp_path):

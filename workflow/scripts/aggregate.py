@@ -1,7 +1,8 @@
 from transfergrid.forkserver import run_in_fork_server
 
-# In a local run this job forks from the server that imported torch once, and ends here.
-run_in_fork_server()
+# In a local run this job forks from the server, if it is ready, and ends here. It needs no torch,
+# so it does not wait for a server still importing it.
+run_in_fork_server(wait_for_server=False)
 
 from pathlib import Path
 

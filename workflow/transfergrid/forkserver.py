@@ -134,12 +134,17 @@ def _where() -> dict[str, str | None]:
 # The job side
 
 
-def run_in_fork_server() -> None:
+def run_in_fork_server(wait_for_server: bool = True) -> None:
     """Run this job script in a fork of the server and exit as it did; return (and let the script
-    run here) when there is no server for this job."""
+    run here) when there is no server for this job.
+
+    A job that needs torch waits for a server still importing it (sooner than importing it here).
+    A job that does not (``wait_for_server=False``: the aggregation, the report) uses the server
+    only if it already listens: in a run that only redoes the report, waiting for torch would cost
+    more than the few imports the server saves the job."""
     if os.environ.get(_IN_FORKED_JOB):
         return
-    connection = _connect()
+    connection = _connect(WAIT_FOR_READY_S if wait_for_server else 0)
     if connection is None:
         return
     with connection:
@@ -183,11 +188,11 @@ def _server_in_reach() -> dict | None:
     return server
 
 
-def _connect() -> socket.socket | None:
+def _connect(wait_s: float) -> socket.socket | None:
     server = _server_in_reach()
     if server is None:
         return None
-    deadline = time.monotonic() + WAIT_FOR_READY_S
+    deadline = time.monotonic() + wait_s
     while True:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
