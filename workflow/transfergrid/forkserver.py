@@ -15,8 +15,8 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   the same signal (so Snakemake reports it the same way).
 - A cluster job group (several jobs that SLURM runs one after another in one allocation) has a
   server of its own: the group's Snakemake process starts one in the allocation's batch step, which
-  lives until the group is done, and the group's jobs, each started in a step of its own with
-  ``srun python -m snakemake``, fork from it. A job uses a server only on the host and in the SLURM
+  lives until the group is done, and the group's jobs, which it starts in ``srun`` steps (one per
+  job, or one for the whole group), fork from it. A job uses a server only on the host and in the SLURM
   allocation that started it: a job submitted from a run whose head node has a server, or sent to
   another node, does not reach outside its allocation.
 - Whenever the server cannot take the job, the job runs in its own process as before: a cluster job
