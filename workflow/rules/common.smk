@@ -167,7 +167,8 @@ def cell_at(dataset, fraction, backbone, slug, strategy, head, seed):
     return Cell(dataset, fraction, backbone, source_of_slug(backbone, slug), strategy, head, int(seed))
 
 
-def cell_from(wildcards):
+def cell_from(wildcards, seed=None):
+    """The cell in ``wildcards``, or its sibling of ``seed`` (wildcards of a recipe have no seed)."""
     return cell_at(
         wildcards.dataset,
         wildcards.fraction,
@@ -175,7 +176,7 @@ def cell_from(wildcards):
         wildcards.weights,
         wildcards.strategy,
         wildcards.head,
-        wildcards.seed,
+        wildcards.seed if seed is None else seed,
     )
 
 
@@ -199,21 +200,7 @@ def candidate_params(wildcards):
 def recipe_summaries(wildcards):
     """The train.json of every learning-rate candidate of every seed of the recipe in ``wildcards``,
     seed by seed."""
-    return [
-        f"{path}/train.json"
-        for seed in SEEDS
-        for path in candidate_dirs(
-            cell_at(
-                wildcards.dataset,
-                wildcards.fraction,
-                wildcards.backbone,
-                wildcards.weights,
-                wildcards.strategy,
-                wildcards.head,
-                seed,
-            )
-        )
-    ]
+    return [f"{path}/train.json" for seed in SEEDS for path in candidate_dirs(cell_from(wildcards, seed))]
 
 
 def recipe_outputs():
