@@ -99,7 +99,7 @@ def start_group_fork_server():
     the group comes from the `--local-groupid` and `--allowed-rules` on the process's command line.
     Nested Snakemake processes of the same group see the server in their environment and start none.
     """
-    if not workflow.remote_exec or not fork_server_wanted() or fork_server_in_reach():
+    if not workflow.remote_exec:
         return
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--local-groupid", default="local")
@@ -107,7 +107,11 @@ def start_group_fork_server():
     args = parser.parse_known_args(sys.argv[1:])[0]
     # Compute rules are the ones with COMPUTE_RESOURCES (a `gpu` resource); data rules do not fork.
     has_compute_jobs = any("gpu" in workflow.get_rule(name).resources for name in args.allowed_rules)
+    # The command line first: every cluster job's own Snakemake processes parse the workflow, and
+    # fork_server_wanted() may ask nvidia-smi (train.device auto).
     if args.local_groupid == "local" or not has_compute_jobs:
+        return
+    if not fork_server_wanted() or fork_server_in_reach():
         return
     server = start_fork_server(f"{LOGS}/fork_server/group_{args.local_groupid}.log")
     FORK_SERVER.append(server)
