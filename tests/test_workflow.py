@@ -61,6 +61,10 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+# A line that changes what a module does (its code version), not only how it reads.
+CODE_EDIT = "\n_EDITED_BY_A_TEST = True\n"
+
+
 @contextlib.contextmanager
 def edited(path: Path, addition: str):
     """``path`` with a line appended, restored afterwards with its content and its mtime, so the
@@ -181,13 +185,13 @@ def test_the_compute_jobs_forked_from_the_fork_server(finished_run):
 
 def test_editing_the_report_code_rerenders_only_the_report(finished_run):
     workdir, _ = finished_run
-    with edited(workdir / "workflow" / "transfergrid" / "report" / "figures.py", "\n# an edit to the report code\n"):
+    with edited(workdir / "workflow" / "transfergrid" / "report" / "figures.py", CODE_EDIT):
         assert planned_jobs(workdir) == {"all": 1, "report": 1}
 
 
 def test_editing_the_evaluation_code_reevaluates_without_retraining(finished_run):
     workdir, _ = finished_run
-    with edited(workdir / "workflow" / "transfergrid" / "metrics.py", "\n# an edit to the evaluation code\n"):
+    with edited(workdir / "workflow" / "transfergrid" / "metrics.py", CODE_EDIT):
         planned = planned_jobs(workdir)
     # Three frozen cells on cached random bases (one per dataset): evaluation jobs only.
     assert planned == {
@@ -200,12 +204,26 @@ def test_editing_the_evaluation_code_reevaluates_without_retraining(finished_run
     }
 
 
-def test_editing_the_training_code_retrains(finished_run):
+@pytest.mark.parametrize(
+    "module",
+    [
+        "scripts/fit_frozen.py",  # the rule's script: Snakemake's own code trigger
+        "transfergrid/loop.py",  # a package module it computes with: the rule's `code` parameter
+    ],
+)
+def test_editing_the_training_code_retrains_without_extracting_again(finished_run, module):
     workdir, _ = finished_run
-    with edited(workdir / "workflow" / "scripts" / "fit_frozen.py", "\n# an edit to the training code\n"):
+    with edited(workdir / "workflow" / module, CODE_EDIT):
         planned = planned_jobs(workdir)
+    assert "extract_features" not in planned and "cache_images" not in planned
     for dataset in ("digits", "photos", "web"):
         assert planned[f"fit_frozen_random_{dataset}"] == 1 and planned[f"evaluate_frozen_random_{dataset}"] == 1
+
+
+def test_a_comment_in_the_package_code_reruns_nothing(finished_run):
+    workdir, _ = finished_run
+    with edited(workdir / "workflow" / "transfergrid" / "loop.py", "\n# only a comment\n"):
+        assert planned_jobs(workdir) == {}
 
 
 def test_adding_a_seed_runs_only_the_new_cell(finished_run):

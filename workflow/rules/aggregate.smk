@@ -9,7 +9,6 @@ localrules:
 rule aggregate:
     input:
         results=cell_results(),
-        code=[package_source("aggregate.py"), package_source("recipes.py"), package_source("stats.py")],
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
         recipes=report("results/recipes.csv", caption="../report/recipes.rst", category="Summary"),
@@ -20,5 +19,6 @@ rule aggregate:
         "../../envs/report.yaml"
     params:
         cells=[cell.path for cell in CELLS],
+        code=code_version("aggregate.py", "recipes.py", "stats.py"),
     script:
         "../scripts/aggregate.py"

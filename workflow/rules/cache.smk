@@ -18,5 +18,7 @@ rule cache_images:
     threads: config["resources"]["cache_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
+    params:
+        code=code_version("imagecache.py"),
     script:
         "../scripts/cache_images.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR))  # the transfergrid package, with or without an install
 
-from transfergrid import naming
+from transfergrid import codeversion, naming
 from transfergrid.config import one_line_config_errors
 from transfergrid.grid import (
     candidate_settings,
@@ -305,7 +305,6 @@ def frozen_evaluation_inputs(wildcards, dataset):
         "features": group_feature_cache(wildcards, dataset),
         "split": f"results/datasets/{dataset}/split.csv",
         "summaries": [f"{path}/train.json" for path in candidates],
-        "code": [package_source("evaluate.py"), package_source("metrics.py")],
     }
 
 
@@ -328,10 +327,11 @@ def image_cache_files():
     return [naming.image_cache_path(dataset, size) for dataset, size in sizes]
 
 
-def report_sources():
-    """The report's code: editing it re-renders the report only."""
-    folder = WORKFLOW_DIR / "transfergrid" / "report"
-    return sorted(str(path) for path in [*folder.glob("*.py"), *folder.glob("templates/*")])
+def report_code():
+    """The report's modules and template, and the quadrant rule it tests."""
+    package = WORKFLOW_DIR / "transfergrid"
+    report_files = [*package.glob("report/*.py"), *package.glob("report/templates/*")]
+    return code_version("quadrant.py", *(str(path.relative_to(package)) for path in sorted(report_files)))
 
 
 @functools.cache
@@ -349,10 +349,16 @@ def cell_results():
     return [f"{path}/test.json" for path in cell_paths()]
 
 
-def package_source(module):
-    """A package module to list among the inputs of the job that uses it, so that editing it
-    reruns that job (and what follows) only."""
-    return str(WORKFLOW_DIR / "transfergrid" / module)
+# The package modules that compute a stage's results, without the registries (codeversion.py).
+# Their digest is the parameter `code` of the stage's jobs, so editing one of them reruns those
+# jobs and what follows from them, and nothing else. What a training job computes with:
+TRAINING_CODE = ("loop.py", "optim.py", "batches.py", "checkpoint.py", "model.py", "runtime.py")
+
+
+@functools.cache
+def code_version(*modules):
+    """The digest of these files of the package (paths relative to it)."""
+    return codeversion.code_version(WORKFLOW_DIR / "transfergrid", modules)
 
 
 def imported_checkpoint(wildcards):

@@ -1,8 +1,8 @@
 # Evaluate every seed of a network recipe (the cells that differ only by seed) in one job: for each
 # cell, choose its learning-rate candidate on validation and evaluate it on the test split, exactly
 # once. One job per recipe rather than per cell: a third of the jobs with three seeds, so a third of
-# the start-ups and of Snakemake's own planning per job. The evaluation code is an input: editing
-# it re-evaluates, never retrains.
+# the start-ups and of Snakemake's own planning per job. The evaluation code's version is a
+# parameter: editing that code re-evaluates, never retrains.
 
 
 rule evaluate_recipe:
@@ -12,7 +12,6 @@ rule evaluate_recipe:
         summaries=recipe_summaries,
         cache=image_cache_path,
         split="results/datasets/{dataset}/split.csv",
-        code=[package_source(name) for name in ("evaluate.py", "metrics.py", "folding.py")],
     output:
         recipe_outputs(),
     log:
@@ -24,5 +23,7 @@ rule evaluate_recipe:
     threads: COMPUTE_THREADS
     resources:
         **COMPUTE_RESOURCES,
+    params:
+        code=code_version("evaluate.py", "metrics.py", "folding.py"),
     script:
         "../scripts/evaluate_recipe.py"

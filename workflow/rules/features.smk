@@ -6,8 +6,6 @@ rule extract_features:
     input:
         cache="results/cache/{dataset}/{size}px.npy",
         weights=weights_file,
-        # The backbone runs with its batch norms folded: editing that code extracts again.
-        code=package_source("folding.py"),
     output:
         features="results/features/{dataset}/{size}px/{backbone}/{weights}/{init}.pt",
     log:
@@ -29,5 +27,7 @@ rule extract_features:
         batch_size=config["train"]["batch_size"],
         precision=config["train"]["precision"],
         channels_last=config["train"]["channels_last"],
+        # The backbone runs with its batch norms folded: editing that code extracts again.
+        code=code_version("features.py", "folding.py", "batches.py", "model.py", "runtime.py"),
     script:
         "../scripts/extract_features.py"

@@ -37,6 +37,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
+                code=code_version("frozen.py", "cell.py", "logreg.py", *TRAINING_CODE),
             script:
                 "../scripts/fit_frozen.py"
 
@@ -58,6 +59,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
+                code=code_version("frozen.py", "cell.py", "logreg.py", *TRAINING_CODE),
             script:
                 "../scripts/fit_frozen.py"
 
@@ -81,6 +83,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
+                code=code_version("evaluate.py", "metrics.py"),
             script:
                 "../scripts/evaluate_frozen.py"
 
@@ -102,5 +105,6 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
+                code=code_version("evaluate.py", "metrics.py"),
             script:
                 "../scripts/evaluate_frozen.py"

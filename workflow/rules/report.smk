@@ -1,5 +1,5 @@
-# Render the self-contained HTML report. Its code is an input, so editing the report re-renders
-# the report and nothing else. It reads every cell's predictions and confusion matrix through
+# Render the self-contained HTML report. Its code version is a parameter, so editing the report
+# re-renders the report and nothing else. It reads every cell's predictions and confusion matrix through
 # results/summary.csv: the aggregation depends on every cell's results, so the summary is newer than
 # any of them, and the report needs no input per cell (see cell_results() for why that matters).
 
@@ -14,7 +14,6 @@ rule report:
         recipes="results/recipes.csv",
         similarities=similarity_files(),
         caches=image_cache_files(),
-        code=report_sources(),
     output:
         html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
     log:
@@ -25,5 +24,6 @@ rule report:
         facet_by=config["report"]["facet_by"],
         max_curves=config["report"]["max_curves"],
         thresholds=config["report"]["quadrant"],
+        code=report_code(),
     script:
         "../scripts/report.py"

@@ -6,7 +6,6 @@ rule similarity:
     input:
         features=similarity_features,
         split="results/datasets/{dataset}/split.csv",
-        code=package_source("similarity.py"),
     output:
         similarity="results/similarity/{dataset}/{backbone}/{weights}.json",
     log:
@@ -14,5 +13,7 @@ rule similarity:
     conda:
         "../../envs/torch.yaml"
     threads: 1
+    params:
+        code=code_version("similarity.py", "features.py"),
     script:
         "../scripts/similarity.py"

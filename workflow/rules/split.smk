@@ -15,5 +15,6 @@ rule split_dataset:
         "../../envs/data.yaml"
     params:
         split=config["split"],
+        code=code_version("split.py"),
     script:
         "../scripts/split_dataset.py"

@@ -22,5 +22,6 @@ rule train_candidate:
         **COMPUTE_RESOURCES,
     params:
         cell=candidate_params,
+        code=code_version("cell.py", *TRAINING_CODE),
     script:
         "../scripts/train_candidate.py"

@@ -56,5 +56,6 @@ rule pretrain_backbone:
         **COMPUTE_RESOURCES,
     params:
         job=pretrain_params,
+        code=code_version("pretrain.py", *TRAINING_CODE),
     script:
         "../scripts/pretrain_backbone.py"

@@ -22,6 +22,7 @@ def main(smk, log):
         log,
         # Resumable state, written every epoch where Snakemake does not delete it (not an output).
         checkpoint_path=Path(checkpoint_path(f"pretrain/{smk.wildcards.backbone}/{smk.wildcards.name}")),
+        code_version=smk.params.code,
     )
 
 

@@ -27,6 +27,7 @@ def main(smk, log):
         log,
         # Resumable state, written every epoch where Snakemake does not delete it (not an output).
         checkpoint_path=Path(checkpoint_path(out_dir)),
+        code_version=smk.params.code,
     )
 
 

@@ -64,9 +64,11 @@ def train_candidate(
     threads: int = 1,
     log: Log = print,
     checkpoint_path: Path | None = None,
+    code_version: str = "",
 ) -> CandidateResult:
     """Train one candidate through the network and write its directory. With a checkpoint path,
-    the fit is saved every epoch, resumed when the job runs again, and removed at the end."""
+    the fit is saved every epoch, resumed when the job runs again with the same settings and code
+    version, and removed at the end."""
     device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
     reset_peak_memory(device)
     split = read_split(inputs.split)
@@ -81,7 +83,7 @@ def train_candidate(
         model.forward = torch.compile(model.forward)
     strategy = parse_strategy(settings.strategy, settings.strategy_options)
     images, labels = load_cache(inputs.cache)
-    checkpoint = Checkpoint(Path(checkpoint_path), settings.to_dict()) if checkpoint_path else None
+    checkpoint = Checkpoint(Path(checkpoint_path), settings.to_dict(), code_version) if checkpoint_path else None
     started = time.perf_counter()
     try:
         result = fit(

@@ -58,25 +58,27 @@ def restore_random_states(states: dict, generator: torch.Generator | None) -> No
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where one job's fit is checkpointed, and the settings it belongs to."""
+    """Where one job's fit is checkpointed, and the settings and code version it belongs to."""
 
     path: Path
     settings: dict
+    code_version: str = ""  # the job's `code` parameter (codeversion.py)
 
     def load(self, log=print) -> dict | None:
         """The saved state, or None: no checkpoint, or one of other settings (then removed)."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("settings") != self.settings:
-            log(f"checkpoint {self.path} belongs to other settings: starting afresh")
-            self.remove()
-            return None
+        for key, what in (("settings", "settings"), ("code_version", "code")):
+            if state.get(key) != getattr(self, key):
+                log(f"checkpoint {self.path} belongs to other {what}: starting afresh")
+                self.remove()
+                return None
         return state
 
     def save(self, state: dict) -> None:
         with atomic_path(self.path) as tmp:
-            torch.save({**state, "settings": self.settings}, tmp)
+            torch.save({**state, "settings": self.settings, "code_version": self.code_version}, tmp)
             failpoint("checkpoint_write", state["epoch"])  # the file is written, not yet in place
 
     def remove(self) -> None:

@@ -52,9 +52,11 @@ def pretrain_backbone(
     threads: int = 1,
     log=print,
     checkpoint_path: Path | None = None,
+    code_version: str = "",
 ) -> dict:
     """Train the backbone from scratch on the source dataset's train split (class subset if given,
-    labels renumbered), choose the epoch on its val split, and save the backbone's state."""
+    labels renumbered), choose the epoch on its val split, and save the backbone's state. The
+    checkpoint resumes only into the same settings and code version."""
     settings = job.settings
     device = prepare_job(threads, settings.device, settings.seed, settings.cudnn_benchmark)
     names = read_json(classes_json)["classes"]
@@ -78,7 +80,7 @@ def pretrain_backbone(
 
     model = build_model(settings, len(keep), None).to(device)
     prepare_model(model, resolve_precision(settings.precision, device), device)
-    checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict()) if checkpoint_path else None
+    checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict(), code_version) if checkpoint_path else None
     result = fit(
         model,
         parse_strategy("full"),
