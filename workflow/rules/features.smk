@@ -27,7 +27,7 @@ rule extract_features:
         batch_size=config["train"]["batch_size"],
         precision=config["train"]["precision"],
         channels_last=config["train"]["channels_last"],
-        # The backbone runs with its batch norms folded: editing that code extracts again.
+        # The extraction code, batch-norm folding included: editing it extracts again.
         code=code_version("features.py", "folding.py", "batches.py", "model.py", "runtime.py"),
     script:
         "../scripts/extract_features.py"
