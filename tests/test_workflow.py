@@ -220,6 +220,15 @@ def test_editing_the_training_code_retrains_without_extracting_again(finished_ru
         assert planned[f"fit_frozen_random_{dataset}"] == 1 and planned[f"evaluate_frozen_random_{dataset}"] == 1
 
 
+def test_editing_one_source_kind_rebuilds_only_its_datasets(finished_run):
+    workdir, _ = finished_run
+    with edited(workdir / "workflow" / "transfergrid" / "sources" / "folder.py", CODE_EDIT):
+        planned = planned_jobs(workdir)
+    # photos is a folder, web an archive collected as a folder once extracted; digits is builtin.
+    assert planned["obtain_dataset"] == 2 and planned["split_dataset"] == 2
+    assert "fit_frozen_random_digits" not in planned and planned["fit_frozen_random_photos"] == 1
+
+
 def test_a_comment_in_the_package_code_reruns_nothing(finished_run):
     workdir, _ = finished_run
     with edited(workdir / "workflow" / "transfergrid" / "loop.py", "\n# only a comment\n"):

@@ -144,6 +144,22 @@ def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+# What a dataset of each source kind is built with (transfergrid/sources, where SOURCE_COLLECTORS
+# names each kind's collector) besides the modules every kind shares: editing one module rebuilds
+# the datasets of its kinds only.
+SOURCE_CODE = {
+    "builtin": ("sources/builtin.py", "sources/memory.py"),
+    "folder": ("sources/folder.py",),
+    "url": ("sources/archive.py", "sources/folder.py", "archives.py"),
+    "torchvision": ("sources/torchvision_datasets.py", "sources/memory.py"),
+}
+
+
+def dataset_code(wildcards):
+    shared = ("sources/__init__.py", "sources/common.py", "sources/checks.py")
+    return code_version(*shared, *SOURCE_CODE[dataset_spec(wildcards)["source"]])
+
+
 def downloaded_archive(wildcards):
     """The url source's archive, fetched by a head-node rule; other sources need nothing."""
     if dataset_spec(wildcards)["source"] == "url":

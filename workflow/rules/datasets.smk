@@ -36,5 +36,6 @@ rule obtain_dataset:
         "../../envs/torch.yaml"
     params:
         spec=dataset_spec,
+        code=dataset_code,
     script:
         "../scripts/obtain_dataset.py"

@@ -19,6 +19,8 @@ rule fetch_weights:
         weights="|".join(FETCHED),
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=code_version("weights.py", "backbones/pretrained.py"),
     script:
         "../scripts/fetch_weights.py"
 
@@ -35,6 +37,8 @@ rule import_weights:
         key=r"[A-Za-z0-9_.-]+",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=code_version("weights.py"),
     script:
         "../scripts/import_weights.py"
 

@@ -62,6 +62,8 @@ __all__ = [
     "read_idx",
 ]
 
+# A new kind also names its modules in SOURCE_CODE (workflow/rules/common.smk), the code version
+# of its datasets.
 SOURCE_COLLECTORS: dict[str, Callable[..., Collected]] = {
     "builtin": collect_builtin,
     "folder": collect_folder,
