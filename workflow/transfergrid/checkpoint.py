@@ -65,7 +65,8 @@ class Checkpoint:
     code_version: str = ""  # the job's `code` parameter (codeversion.py)
 
     def load(self, log=print) -> dict | None:
-        """The saved state, or None: no checkpoint, or one of other settings (then removed)."""
+        """The saved state, or None: no checkpoint, or one of other settings or another code
+        version (then removed)."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)

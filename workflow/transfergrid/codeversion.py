@@ -8,11 +8,11 @@ metrics re-evaluates without retraining.
 
 The digest is of what the code does, not how it is written: Python modules are hashed as parsed,
 without comments and docstrings (``ast.unparse``), so a comment reruns nothing; other files (the
-report's template) as bytes. Each rule names its modules (``workflow/rules``). Registries (heads,
-strategies, augmentations, backbones) are deliberately not among them: adding an entry must not
-rerun the grid, and a changed entry changes only its own cells, whose directories are removed to
-rerun them. Parsing happens at planning time without importing anything (no torch), in
-milliseconds.
+report's template) as bytes. A new Python version may unparse a module differently and so rerun
+its stages once. Each rule names its modules (``workflow/rules``). Registries (heads, strategies,
+augmentations, backbones) are deliberately not among them: adding an entry must not rerun the
+grid; after changing what an entry does, its cells are rerun by removing their directories.
+Parsing happens at planning time without importing anything (no torch), in milliseconds.
 """
 
 from __future__ import annotations
