@@ -301,6 +301,14 @@ def test_outputs_equal_a_local_run(slurm_run, local_run):
     assert (slurm_run["workdir"] / "results" / "report" / "index.html").exists()
 
 
+def test_a_finished_cluster_run_leaves_nothing_to_do(slurm_run):
+    """What the head node recorded for the cluster's jobs (their parameters, code versions
+    included) matches what it plans: the same command again submits nothing. Runs before
+    failed_run adds a seed to this directory."""
+    result, _ = run_snakemake(slurm_run["workdir"], "--workflow-profile", str(slurm_run["profile"]), *GPU_REQUEST, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout, result.stdout[-5000:]
+
+
 def test_a_failing_cell_is_reported_with_its_logs(failed_run):
     result, workdir = failed_run["result"], failed_run["workdir"]
     assert result.returncode != 0
