@@ -14,6 +14,10 @@
 # On a cluster the feature extraction and the frozen jobs of one feature cache run as one group job
 # (group "frozen", see profiles/slurm/config.yaml); Snakemake ignores groups in a local run.
 
+# The code versions of fitting heads on cached features and of evaluating them (common.smk).
+FROZEN_FIT_CODE = code_version("frozen.py", "cell.py", "logreg.py", *TRAINING_CODE)
+FROZEN_EVALUATION_CODE = code_version("evaluate.py", "metrics.py")
+
 if FEATURE_HEADS:
     for frozen_dataset in config["grid"]["datasets"]:
 
@@ -37,7 +41,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
-                code=code_version("frozen.py", "cell.py", "logreg.py", *TRAINING_CODE),
+                code=FROZEN_FIT_CODE,
             script:
                 "../scripts/fit_frozen.py"
 
@@ -59,7 +63,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 candidates=functools.partial(frozen_candidates, dataset=frozen_dataset),
-                code=code_version("frozen.py", "cell.py", "logreg.py", *TRAINING_CODE),
+                code=FROZEN_FIT_CODE,
             script:
                 "../scripts/fit_frozen.py"
 
@@ -83,7 +87,7 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
-                code=code_version("evaluate.py", "metrics.py"),
+                code=FROZEN_EVALUATION_CODE,
             script:
                 "../scripts/evaluate_frozen.py"
 
@@ -105,6 +109,6 @@ if FEATURE_HEADS:
                 **COMPUTE_RESOURCES,
             params:
                 cells=functools.partial(frozen_cell_candidates, dataset=frozen_dataset),
-                code=code_version("evaluate.py", "metrics.py"),
+                code=FROZEN_EVALUATION_CODE,
             script:
                 "../scripts/evaluate_frozen.py"
