@@ -42,6 +42,8 @@ def cells(scores: dict) -> pd.DataFrame:
                     "lr": 0.01,
                     "lr_at_edge": False,
                     "lr_candidates": 1,
+                    "C": float("nan"),
+                    "C_at_edge": False,
                 }
             )
     return pd.DataFrame(rows)
@@ -65,6 +67,21 @@ def test_recipes_have_intervals_groups_and_a_single_seed_flag():
     assert by.loc["frozen", "images_per_class"] == 150
     markdown = leaderboard_markdown(table)
     assert "0.910 ± 0.025" in markdown and "0.800 (no interval)" in markdown and "untested" in markdown
+
+
+def test_a_closed_form_head_shows_the_C_it_chose_not_a_learning_rate():
+    summary = cells({("frozen", "imagenet_pkg"): [0.90, 0.91], ("full", "imagenet_pkg"): [0.80, 0.81]})
+    logreg = summary["strategy"] == "frozen"
+    summary.loc[logreg, "head"] = "logreg"
+    summary.loc[logreg, "lr"] = float("nan")
+    summary.loc[logreg, "C"] = [0.1, 100.0]
+    summary.loc[logreg, "C_at_edge"] = [False, True]
+    summary.loc[~logreg, "lr"] = [0.03, 0.01]
+    by = recipe_table(summary).set_index("head")
+    assert by.loc["logreg", "chosen_setting"] == "C=0.1 100" and by.loc["logreg", "C_at_edge"]
+    assert by.loc["linear", "chosen_setting"] == "0.01 0.03" and not by.loc["linear", "C_at_edge"]
+    markdown = leaderboard_markdown(recipe_table(summary))
+    assert "| lr or C " in markdown and "C=0.1 100" in markdown and "nan" not in markdown
 
 
 def test_the_four_quadrants_and_their_boundaries():

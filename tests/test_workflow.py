@@ -307,6 +307,18 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     assert fits[("frozen", "logreg")] == "fit_head_in_closed_form"
     assert {fits[("frozen", h)] for h in ("linear", "mlp", "gap", "svm")} == {"fit_head_by_sgd"}
     assert {fits[("full", h)] for h in ("linear", "mlp", "gap", "svm")} == {"through_network"}
+    # logreg uses no learning rate: it reports the C it chose on validation instead, never the
+    # frozen strategy's configured rate.
+    logreg = summary[summary["head"] == "logreg"].iloc[0]
+    train = json.loads((tmp_path / logreg.candidate_dir / "train.json").read_text())
+    assert pd.isna(logreg.lr) and logreg.C == train["C"]
+    assert set(train["val_acc_per_C"]) == {"0.001", "0.01", "0.1", "1", "10", "100"}
+    assert train["val_acc_per_C"][f"{train['C']:g}"] == max(train["val_acc_per_C"].values())
+    assert train["C_at_edge"] == (train["C"] in (0.001, 100.0))
+    others = summary[summary["head"] != "logreg"]
+    assert others["lr"].notna().all() and others["C"].isna().all()
+    leaderboard = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert f"C={train['C']:.3g}" in leaderboard
 
 
 def test_adding_a_learning_rate_candidate_trains_only_that_candidate(tmp_path):

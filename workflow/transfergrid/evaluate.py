@@ -21,6 +21,7 @@ from .errors import TransferGridError
 from .features import head_state_into_model, load_features
 from .folding import example_input
 from .frozen import head_model
+from .heads import fitted_by_gradient_descent
 from .imagecache import load_cache
 from .io import atomic_path, read_json, write_json
 from .loop import predict
@@ -36,7 +37,9 @@ from .split import read_split, split_rows
 
 def choose_candidate(candidate_dirs: list[Path]) -> tuple[Path, dict]:
     """The candidate with the best validation accuracy (ties: lower validation loss, then the
-    smaller learning rate), and the selection record: every candidate's validation numbers."""
+    smaller learning rate), and the selection record: every candidate's validation numbers. A head
+    fitted in closed form (logreg) has no learning rate: its ``lr`` is None, never the recipe's
+    configured rate, which it did not use."""
     rows = []
     for directory in map(Path, candidate_dirs):
         summary = read_json(directory / "train.json")
@@ -45,7 +48,7 @@ def choose_candidate(candidate_dirs: list[Path]) -> tuple[Path, dict]:
             {
                 "candidate": directory.name,
                 "lr_multiplier": settings["lr_multiplier"],
-                "lr": settings["optimizer"]["lr"],
+                "lr": settings["optimizer"]["lr"] if fitted_by_gradient_descent(settings["head"]) else None,
                 "status": summary["status"],
                 "val_acc": summary.get("best_val_acc"),
                 "val_loss": summary.get("best_val_loss"),

@@ -21,7 +21,7 @@ from .batches import feature_batches
 from .cell import CandidateResult, record_candidate
 from .errors import DivergedError, TransferGridError
 from .features import HeadOnlyModel, load_features
-from .heads import HEADS, build_cell_head, make_loss
+from .heads import HEADS, build_cell_head, fitted_by_gradient_descent, make_loss
 from .io import read_json
 from .logreg import fit_logreg_on_features
 from .loop import FitResult, Log, evaluate, fit
@@ -63,9 +63,12 @@ def head_model(settings: CellSettings, payload: dict, num_classes: int) -> HeadO
     return HeadOnlyModel(head, frozen, int(payload["num_stages"]))
 
 
-def fit_head_by_sgd(model: HeadOnlyModel, settings: CellSettings, payload: dict, rows: dict, device, log) -> FitResult:
+def fit_head_by_sgd(
+    model: HeadOnlyModel, settings: CellSettings, payload: dict, rows: dict, device, log
+) -> tuple[FitResult, dict]:
+    """Heads trained by the epoch loop at the candidate's learning rate; they choose nothing else."""
     strategy = parse_strategy(settings.strategy, settings.strategy_options)
-    return fit(
+    result = fit(
         model,
         strategy,
         feature_batches(settings, payload, rows["train"], device, True),
@@ -73,12 +76,15 @@ def fit_head_by_sgd(model: HeadOnlyModel, settings: CellSettings, payload: dict,
         settings,
         log,
     )
+    return result, {}
 
 
 def fit_head_in_closed_form(
     model: HeadOnlyModel, settings: CellSettings, payload: dict, rows: dict, device, log
-) -> FitResult:
-    """Heads fit by scikit-learn (logreg), regularisation chosen on val."""
+) -> tuple[FitResult, dict]:
+    """Heads fit by scikit-learn (logreg), regularisation chosen on val. Also returns what the fit
+    chose, for train.json: ``C``, whether it is an end of the C grid (the grid should then be
+    widened) and the validation accuracy of every C tried."""
     linear, chosen_c, val_accuracy = fit_logreg_on_features(
         payload, rows["train"], rows["val"], model.head.out_features, settings.head_options, settings.seed
     )
@@ -106,7 +112,14 @@ def fit_head_in_closed_form(
         }
     ]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return FitResult(history, state, 1, scores["val"][1], scores["val"][0], model.parameter_counts())
+    result = FitResult(history, state, 1, scores["val"][1], scores["val"][0], model.parameter_counts())
+    tried = sorted(val_accuracy)
+    chosen = {
+        "C": chosen_c,
+        "C_at_edge": len(tried) > 1 and chosen_c in (tried[0], tried[-1]),
+        "val_acc_per_C": {f"{c:g}": accuracy for c, accuracy in sorted(val_accuracy.items())},
+    }
+    return result, chosen
 
 
 def fit_frozen_group(
@@ -128,14 +141,14 @@ def fit_frozen_group(
         check_source(payload, settings, features_path)
         rows = {"train": fraction_rows(split, settings.fraction), "val": split_rows(split, "val")}
         model = head_model(settings, payload, len(classes)).to(device)
-        fitter = fit_head_in_closed_form if HEADS[settings.head].fit == "sklearn" else fit_head_by_sgd
+        fitter = fit_head_by_sgd if fitted_by_gradient_descent(settings.head) else fit_head_in_closed_form
         started = time.perf_counter()
         try:
-            result = fitter(model, settings, payload, rows, device, log)
+            result, chosen = fitter(model, settings, payload, rows, device, log)
         except DivergedError as diverged:
-            result = diverged
+            result, chosen = diverged, {}
         wall = time.perf_counter() - started
-        info = {"fit": fitter.__name__, "num_train": len(rows["train"]), "num_val": len(rows["val"])}
+        info = {"fit": fitter.__name__, "num_train": len(rows["train"]), "num_val": len(rows["val"]), **chosen}
         results.append(
             record_candidate(
                 candidate.out_dir,

@@ -14,7 +14,7 @@ from pathlib import Path
 from .backbones.registry import native_preprocessing, resolve_backbone
 from .config import MESSAGE_PREFIX, validate_config
 from .errors import ConfigError
-from .heads import HEADS
+from .heads import HEADS, fitted_by_gradient_descent
 from .naming import CELLS_ROOT, Cell, format_fraction, format_multiplier, weights_slug
 from .settings import CellSettings, OptimizerSettings, PretrainJob, ScheduleSettings
 from .strategies import parse_strategy
@@ -106,7 +106,7 @@ def uses_feature_cache(strategy: str, augment: str, train_bn: bool) -> bool:
 
 def trains_on_features(head: str, strategy: str, train: dict) -> bool:
     """Closed-form heads always read cached features; other frozen cells do when the cache is on."""
-    return HEADS[head].fit == "sklearn" or (
+    return not fitted_by_gradient_descent(head) or (
         train["feature_cache"] and uses_feature_cache(strategy, train["augment"], train["train_bn"])
     )
 
@@ -205,7 +205,7 @@ def dataset_fractions(config: dict, dataset: str) -> list[float]:
 def lr_candidates(config: dict, head: str) -> list[str]:
     """The cell's learning-rate multipliers, as spelled in candidate directories; heads fitted in
     closed form (logreg) have no learning rate and one candidate."""
-    if HEADS[head].fit == "sklearn":
+    if not fitted_by_gradient_descent(head):
         return [format_multiplier(1.0)]
     return [format_multiplier(m) for m in config["grid"]["lrs"]]
 

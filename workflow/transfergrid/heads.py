@@ -53,6 +53,12 @@ HEADS: dict[str, HeadSpec] = {
 }
 
 
+def fitted_by_gradient_descent(name: str) -> bool:
+    """Whether the head is trained by the epoch loop at a learning rate; a closed-form head (logreg)
+    chooses its own regularisation instead, so it has no learning rate to search or report."""
+    return HEADS[name].fit == "sgd"
+
+
 def check_head_options(name: str, options: dict | None) -> None:
     """ValueError naming the accepted keys when ``options`` has a key the head does not know."""
     unknown = set(options or {}) - set(HEADS[name].options)
@@ -77,7 +83,7 @@ def standardizes_features(name: str, strategy: str) -> bool:
     makes the rate mean the same on every base. Only when the base never trains: a fine-tuned base
     adapts its own scale. ``logreg`` standardises inside its scikit-learn fit instead.
     """
-    return strategy == "frozen" and HEADS[name].fit == "sgd"
+    return strategy == "frozen" and fitted_by_gradient_descent(name)
 
 
 def build_head(name: str, num_features: int, num_classes: int, options: dict | None = None, standardize: bool = False):

@@ -23,6 +23,12 @@ SELECTION = "val_acc"
 REPORTED = ("test_top1", "test_macro_f1", "test_nll", "test_ece")
 
 
+def _distinct_values(values: pd.Series) -> str:
+    """The distinct values the seeds of a recipe chose, e.g. ``0.01 0.03``; empty when none
+    applies (a closed-form head has no learning rate, a network head no C)."""
+    return " ".join(f"{v:.3g}" for v in sorted(set(values.dropna())))
+
+
 def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per recipe, ranked within each (dataset, fraction) by mean validation accuracy."""
     statistics = recipe_statistics(summary, RECIPE, SELECTION, REPORTED)
@@ -38,12 +44,17 @@ def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
             num_classes=("num_classes", "first"),
             trainable_params=("trainable_params", "median"),
             wall_seconds=("wall_seconds", "mean"),
-            chosen_lrs=("lr", lambda rates: " ".join(sorted({f"{r:.3g}" for r in rates}))),
+            chosen_lrs=("lr", _distinct_values),
             lr_at_edge=("lr_at_edge", "any"),
             lr_candidates=("lr_candidates", "max"),
+            chosen_C=("C", _distinct_values),
+            C_at_edge=("C_at_edge", "any"),
         )
         .reset_index()
     )
+    # What the recipe's seeds chose: their learning rates, or a closed-form head's C.
+    setting = extras["chosen_lrs"].where(extras["chosen_lrs"] != "", "C=" + extras["chosen_C"])
+    extras["chosen_setting"] = setting.where(setting != "C=", "")
     table = statistics.merge(groups, on=list(RECIPE)).merge(extras, on=list(RECIPE))
     table["images_per_class"] = table["num_train"] / table["num_classes"]
     table = table.sort_values(["dataset", "fraction", f"{SELECTION}_mean"], ascending=[True, True, False])
@@ -91,7 +102,7 @@ def leaderboard_markdown(table: pd.DataFrame) -> str:
                     interval(m, h) for m, h in zip(family["test_top1_mean"], family["test_top1_ci_half_width"])
                 ],
                 "group": family["comparison"].map(GROUP_LABELS),
-                "lr": family["chosen_lrs"],
+                "lr or C": family["chosen_setting"],
             }
         )
         parts += ["", f"## {dataset}, training fraction {fraction:g}", "", rows.to_markdown(index=False)]

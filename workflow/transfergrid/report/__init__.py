@@ -171,6 +171,7 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
             context["figures"]["lr"] = uri(figures.plot_learning_rates(search, label_of))
         context["lr_edges"] = [label_of(r) for r in recipes[recipes["lr_at_edge"].astype(bool)].to_dict("records")]
         context["lr_searched"] = bool(not search.empty)
+        context["C_edges"] = [label_of(r) for r in recipes[recipes["C_at_edge"].astype(bool)].to_dict("records")]
         context["figures"]["cost"] = uri(
             figures.plot_cost(
                 recipes,
