@@ -311,7 +311,7 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     # frozen strategy's configured rate.
     logreg = summary[summary["head"] == "logreg"].iloc[0]
     train = json.loads((tmp_path / logreg.candidate_dir / "train.json").read_text())
-    assert pd.isna(logreg.lr) and logreg.C == train["C"]
+    assert pd.isna(logreg.lr) and train["C"] == logreg.C
     assert set(train["val_acc_per_C"]) == {"0.001", "0.01", "0.1", "1", "10", "100"}
     assert train["val_acc_per_C"][f"{train['C']:g}"] == max(train["val_acc_per_C"].values())
     assert train["C_at_edge"] == (train["C"] in (0.001, 100.0))

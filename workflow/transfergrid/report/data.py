@@ -35,7 +35,8 @@ def load_summary(summary_csv: Path) -> pd.DataFrame:
 
 
 def load_recipes(recipes_csv: Path) -> pd.DataFrame:
-    text_columns = [c for c in (*RECIPE, "freeze_depth", "comparison", "chosen_lrs", "chosen_C", "chosen_setting") if c != "fraction"]
+    text = (*RECIPE, "freeze_depth", "comparison", "chosen_lrs", "chosen_C", "chosen_setting")
+    text_columns = [c for c in text if c != "fraction"]
     return pd.read_csv(recipes_csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(text_columns, str))
 
 
