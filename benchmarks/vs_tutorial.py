@@ -1,8 +1,8 @@
 """transfergrid against the loop it replaces: the PyTorch transfer-learning tutorial.
 
     .venv/bin/python benchmarks/vs_tutorial.py [--finetune-epochs 5] [--frozen-epochs 25] [--contention]
-        [--only full|frozen] [--compile] [--no-report] [--no-fork-server] [--fashion DIR]
-        [--save-fashion-subset DIR]
+        [--only full|frozen] [--compile] [--variant KEY=VALUE ...] [--no-report] [--no-fork-server]
+        [--fashion DIR] [--save-fashion-subset DIR]
 
 Writes a folder of JPEG photos at a realistic size (500 x 375): two real Fashion-MNIST classes
 (Debian package dataset-fashion-mnist), upscaled and tinted, so that accuracy means something;
@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,8 +208,9 @@ def run_tutorial(photos: Path, recipe: str, epochs: int, device) -> pd.DataFrame
 
 
 def transfergrid_config(
-    photos: Path, recipe: str, epochs: int, compile: bool = False, fork_server: bool = True
+    photos: Path, recipe: str, epochs: int, train: dict | None = None, fork_server: bool = True
 ) -> dict:
+    """The grid of one cell; ``train``: settings on top of the benchmark's own."""
     return {
         "datasets": {"photos": {"source": "folder", "path": str(photos)}},
         "grid": {
@@ -223,7 +225,7 @@ def transfergrid_config(
             "epochs": epochs,
             "batch_size": 32,
             "augment": "standard" if recipe == "full" else "none",
-            "compile": compile,
+            **(train or {}),
         },
         "resources": {"train_threads": os.cpu_count(), "cache_threads": os.cpu_count(), "fork_server": fork_server},
     }
@@ -234,13 +236,13 @@ def run_transfergrid(
     recipe: str,
     epochs: int,
     workdir: Path,
-    compile: bool = False,
+    train: dict | None = None,
     report: bool = True,
     fork_server: bool = True,
 ) -> pd.DataFrame:
     """The cell to its test metrics and the grid's summary (what the tutorial's loop delivers, and
     more), timed cold; then the report, which the tutorial has no counterpart of, timed apart."""
-    config = transfergrid_config(photos, recipe, epochs, compile, fork_server)
+    config = transfergrid_config(photos, recipe, epochs, train, fork_server)
     seconds, workdir = run_grid(config, keep=workdir, targets=("results/summary.csv",))
     report_seconds = run_grid(config, keep=workdir)[0] if report else float("nan")
     summary = pd.read_csv(workdir / "results" / "summary.csv")
@@ -281,18 +283,19 @@ def report(
     t_epoch = (tutorial.train_seconds + tutorial.val_seconds).mean()
     g_epoch = grid.seconds.mean()
     print(f"\n== {name}: {len(tutorial)} epochs ==")
-    print(f"{'':28}{'tutorial (batch 4)':>20}{label:>16}{'ratio':>10}")
-    print(f"{'train images/s':28}{t_train:20.1f}{g_train:16.1f}{g_train / t_train:9.2f}x")
-    print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:16.1f}{t_epoch / g_epoch:9.2f}x")
+    width = max(16, len(label) + 2)
+    print(f"{'':28}{'tutorial (batch 4)':>20}{label:>{width}}{'ratio':>10}")
+    print(f"{'train images/s':28}{t_train:20.1f}{g_train:{width}.1f}{g_train / t_train:9.2f}x")
+    print(f"{'seconds per epoch':28}{t_epoch:20.1f}{g_epoch:{width}.1f}{t_epoch / g_epoch:9.2f}x")
     if on_features:
         print(f"{'':28}(transfergrid's epochs: the head on cached features, extraction not included)")
     print(
-        f"{'whole run, seconds':28}{tutorial.attrs['wall']:20.1f}{grid.attrs['wall']:16.1f}"
+        f"{'whole run, seconds':28}{tutorial.attrs['wall']:20.1f}{grid.attrs['wall']:{width}.1f}"
         f"{tutorial.attrs['wall'] / grid.attrs['wall']:9.2f}x"
     )
-    print(f"{'  then the report, seconds':28}{'-':>20}{grid.attrs['report']:16.1f}")
-    print(f"{'best val accuracy':28}{tutorial.best_val_acc.iloc[-1]:20.3f}{grid.val_acc.max():16.3f}")
-    print(f"{'val accuracy, last epoch':28}{tutorial.val_acc.iloc[-1]:20.3f}{grid.val_acc.iloc[-1]:16.3f}")
+    print(f"{'  then the report, seconds':28}{'-':>20}{grid.attrs['report']:{width}.1f}")
+    print(f"{'best val accuracy':28}{tutorial.best_val_acc.iloc[-1]:20.3f}{grid.val_acc.max():{width}.3f}")
+    print(f"{'val accuracy, last epoch':28}{tutorial.val_acc.iloc[-1]:20.3f}{grid.val_acc.iloc[-1]:{width}.3f}")
 
 
 def main() -> None:
@@ -302,6 +305,13 @@ def main() -> None:
     parser.add_argument("--contention", action="store_true")
     parser.add_argument("--only", choices=["full", "frozen"])
     parser.add_argument("--compile", action="store_true", help="fine-tune once more with train.compile: true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fine-tune once more with train.KEY: VALUE (a YAML value), e.g. precise_bn=never; repeatable",
+    )
     parser.add_argument(
         "--fashion",
         type=Path,
@@ -316,6 +326,12 @@ def main() -> None:
         "--save-fashion-subset", type=Path, metavar="DIR", help="write the items the photos use to DIR and stop"
     )
     args = parser.parse_args()
+    variants = [("compile", True)] if args.compile else []
+    for variant in args.variant:
+        key, separator, value = variant.partition("=")
+        if not separator:
+            parser.error(f"--variant {variant!r}: expected KEY=VALUE")
+        variants.append((key, yaml.safe_load(value)))
     if args.save_fashion_subset:
         print(f"Fashion-MNIST subset for --fashion: {save_fashion_subset(args.save_fashion_subset, args.fashion)}")
         return
@@ -342,10 +358,12 @@ def main() -> None:
             print(f"{name}: transfergrid")
             grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{recipe}", **options)
             report(name, tutorial, grid, on_features=recipe == "frozen")
-            if args.compile and recipe == "full":
-                print(f"{name}: transfergrid with train.compile: true")
-                compiled = run_transfergrid(photos, recipe, epochs, scratch / "grid-compiled", compile=True, **options)
-                report(name, tutorial, compiled, "tg + compile")
+            if recipe != "full":
+                continue
+            for index, (key, value) in enumerate(variants):
+                print(f"{name}: transfergrid with train.{key}: {value}")
+                grid = run_transfergrid(photos, recipe, epochs, scratch / f"grid-{index}", {key: value}, **options)
+                report(name, tutorial, grid, f"tg {key}={value}")
     finally:
         if neighbour is not None:
             neighbour.terminate()

@@ -33,6 +33,7 @@ def cell_config(**overrides) -> CellSettings:
         "compile": False,
         "cudnn_benchmark": False,
         "train_bn": False,
+        "precise_bn": "auto",
         "early_stopping_patience": None,
         "discriminative_lr": None,
         "strategy_options": {},

@@ -3,6 +3,7 @@ rows of a feature cache (``FeatureBatches``), both with the same seeded order se
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -89,6 +90,13 @@ class TensorBatches:
                 images = self.augment(images, self.generator)
             yield images, self.labels[positions.to(self.labels.device)]
 
+    def in_row_order(self) -> TensorBatches:
+        """The same rows in row order and without augmentation (what BatchNorm statistics are
+        recomputed on), sharing this object's images: rows resident on a GPU are not copied again."""
+        view = copy.copy(self)
+        view.shuffle, view.augment = False, AUGMENTATIONS["none"]
+        return view
+
 
 class FeatureBatches:
     """Mini-batches of cached feature rows, with ``train.TensorBatches``' order semantics.
@@ -123,6 +131,12 @@ class FeatureBatches:
         for start in batch_starts(n, self.batch_size, drop_last=self.shuffle):
             positions = order[start : start + self.batch_size].to(self.device)
             yield self.features[positions], self.labels[positions]
+
+    def in_row_order(self) -> FeatureBatches:
+        """The same rows in row order, sharing this object's features (see TensorBatches)."""
+        view = copy.copy(self)
+        view.shuffle = False
+        return view
 
 
 def make_batches(settings: CellSettings, images, labels, rows, device, train: bool) -> TensorBatches:

@@ -85,15 +85,17 @@ def train_candidate(
     images, labels = load_cache(inputs.cache)
     checkpoint = Checkpoint(Path(checkpoint_path), settings.to_dict(), code_version) if checkpoint_path else None
     started = time.perf_counter()
+    train_batches = make_batches(settings, images, labels, rows["train"], device, True)
     try:
         result = fit(
             model,
             strategy,
-            make_batches(settings, images, labels, rows["train"], device, True),
+            train_batches,
             make_batches(settings, images, labels, rows["val"], device, False),
             settings,
             log,
             checkpoint,
+            statistics_batches=train_batches.in_row_order(),
         )
     except DivergedError as diverged:
         result = diverged

@@ -68,13 +68,15 @@ def fit_head_by_sgd(
 ) -> tuple[FitResult, dict]:
     """Heads trained by the epoch loop at the candidate's learning rate; they choose nothing else."""
     strategy = parse_strategy(settings.strategy, settings.strategy_options)
+    train_batches = feature_batches(settings, payload, rows["train"], device, True)
     result = fit(
         model,
         strategy,
-        feature_batches(settings, payload, rows["train"], device, True),
+        train_batches,
         feature_batches(settings, payload, rows["val"], device, False),
         settings,
         log,
+        statistics_batches=train_batches.in_row_order(),
     )
     return result, {}
 

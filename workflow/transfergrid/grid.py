@@ -165,6 +165,7 @@ def cell_settings(config: dict, cell: Cell) -> CellSettings:
         compile=bool(train["compile"]),
         cudnn_benchmark=bool(train["cudnn_benchmark"]),
         train_bn=bool(train["train_bn"]),
+        precise_bn=train["precise_bn"],
         early_stopping_patience=train["early_stopping_patience"],
         discriminative_lr=train["discriminative_lr"],
         strategy_options=scaled_strategy_options(train, cell.strategy),

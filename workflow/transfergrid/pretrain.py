@@ -81,14 +81,16 @@ def pretrain_backbone(
     model = build_model(settings, len(keep), None).to(device)
     prepare_model(model, resolve_precision(settings.precision, device), device)
     checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict(), code_version) if checkpoint_path else None
+    train_batches = make_batches(settings, images, labels, train_rows, device, True)
     result = fit(
         model,
         parse_strategy("full"),
-        make_batches(settings, images, labels, train_rows, device, True),
+        train_batches,
         make_batches(settings, images, labels, val_rows, device, False),
         settings,
         log,
         checkpoint,
+        statistics_batches=train_batches.in_row_order(),
     )
     model.load_state_dict(result.best_state)
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.net.state_dict().items()}

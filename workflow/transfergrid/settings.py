@@ -54,6 +54,7 @@ class CellSettings:
     compile: bool
     cudnn_benchmark: bool
     train_bn: bool
+    precise_bn: str  # "auto", "always" or "never": BatchNorm statistics recomputed before validation
     early_stopping_patience: int | None
     discriminative_lr: float | None
     # Only this cell's own strategy and head options: editing another head's options must not
