@@ -128,3 +128,46 @@ def test_the_pass_runs_the_class_forward_not_a_compiled_one_set_on_the_instance(
 
     model.forward = compiled_forward
     assert recompute_batch_norm_statistics(model, batches_of(torch.randn(4, 3) + 2, [4])) == 1
+
+
+class BaseThenHead(nn.Module):
+    """A BatchNorm 'base' that trains only when the phase unfreezes it, and a BatchNorm head."""
+
+    def __init__(self):
+        super().__init__()
+        self.base, self.head = nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
+        self.base_trains = False
+
+    def forward(self, x):
+        return self.head(self.base(x))
+
+    def apply_phase(self, phase) -> None:
+        self.base_trains = not phase.whole_base
+        self.base.requires_grad_(self.base_trains)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.training = mode and self.base_trains
+        return self
+
+    def parameter_counts(self) -> dict:
+        return {"trainable_params": 0, "frozen_params": 0, "total_params": 0}
+
+
+def test_a_layer_that_starts_training_late_is_young_until_it_has_had_its_own_updates():
+    # two_phase: the head alone for 20 epochs (40 updates of the head's BatchNorm), then the base
+    # too. Epochs 1-24 recompute for the head (under 50 updates); from epoch 21 the base's
+    # BatchNorm is new, so epochs 21-44 recompute until it too has had 50 updates.
+    torch.manual_seed(0)
+    features = torch.randn(16, 4) + 5
+    labels = (features[:, 0] > 5).long()
+    settings = cell_config(epochs=50, batch_size=8, strategy="two_phase", strategy_options={"head_epochs": 20})
+    train = FeatureBatches(features, labels, torch.arange(16), 8, torch.device("cpu"), seed=0)
+    val = FeatureBatches(features, labels, torch.arange(16), 8, torch.device("cpu"))
+    log = []
+    strategy = parse_strategy("two_phase", {"head_epochs": 20})
+    fit(BaseThenHead(), strategy, train, val, settings, log.append, statistics_batches=train.in_row_order())
+    assert recomputed_epochs(log) == list(range(1, 45))
+    assert [line for line in log if "epoch 21:" in line and "BatchNorm" in line] == [
+        "epoch 21: BatchNorm statistics of 2 layer(s) recomputed on the training rows"
+    ]

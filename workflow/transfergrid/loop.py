@@ -72,12 +72,12 @@ def train_one_epoch(
     return total_loss.item() / seen, correct.item() / seen, logits.shape[1]
 
 
-def training_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers that update running statistics when ``model`` is in training mode
-    (those inside frozen parts stay in eval mode unless ``train_bn``)."""
+def training_batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers, by name, that update running statistics when ``model`` is in training
+    mode (those inside frozen parts stay in eval mode unless ``train_bn``)."""
     model.train()
-    norms = (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-    return [m for m in norms if m.training and m.track_running_stats]
+    norms = ((n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return {name: m for name, m in norms if m.training and m.track_running_stats}
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def recompute_batch_norm_statistics(model: nn.Module, batches: Batches, precisio
     Only the BatchNorm layers are in training mode during the pass: dropout and stochastic depth
     stay off, as at evaluation, and no random number is drawn.
     """
-    norms = training_batch_norms(model)
+    norms = list(training_batch_norms(model).values())
     model.eval()
     if not norms:
         return 0
@@ -128,8 +128,9 @@ def recompute_batch_norm_statistics(model: nn.Module, batches: Batches, precisio
 
 
 def recomputes_batch_norm_statistics(mode: str, updates: int | None) -> bool:
-    """``train.precise_bn``: ``always``, ``never``, or ``auto``: while the running statistics have
-    been updated fewer than PRECISE_BN_AUTO_STEPS times (or an unknown number of times)."""
+    """``train.precise_bn``: ``always``, ``never``, or ``auto``: while the running statistics of
+    some training layer have been updated fewer than PRECISE_BN_AUTO_STEPS times (``updates``: the
+    fewest of any; None when unknown)."""
     if mode == "auto":
         return updates is None or updates < PRECISE_BN_AUTO_STEPS
     return mode == "always"
@@ -230,7 +231,9 @@ def fit(
     base_lr, patience = settings.optimizer.lr, settings.early_stopping_patience
     generator = getattr(train_batches, "generator", None)
     steps_per_epoch = len(train_batches) // settings.batch_size if isinstance(train_batches, Sized) else None
-    bn_updates: int | None = 0  # training steps so far that updated BatchNorm running statistics
+    # Per BatchNorm layer, the training steps so far that updated its running statistics: layers
+    # start training at different epochs (gradual, two_phase). None once an epoch's length is unknown.
+    bn_updates: dict[str, int] | None = {}
     phase: Phase | None = None
     history, best = [], None
     best_acc, best_loss = -1.0, math.inf
@@ -256,15 +259,19 @@ def fit(
         lr = (phase.lr or base_lr) * lr_factor(settings.schedule, epoch, settings.epochs)
         set_learning_rate(optimizer, lr)
         started = time.perf_counter()
-        norms_train = bool(training_batch_norms(model))
+        norms_train = list(training_batch_norms(model))
         train_loss, train_acc, num_classes = train_one_epoch(
             model, train_batches, optimizer, loss_fn, precision, epoch=epoch + 1
         )
         train_seconds = time.perf_counter() - started
         check_divergence(epoch + 1, train_loss, uniform_loss(loss_fn, num_classes))
         if norms_train:
-            bn_updates = None if bn_updates is None or steps_per_epoch is None else bn_updates + steps_per_epoch
-            if statistics_batches is not None and recomputes_batch_norm_statistics(settings.precise_bn, bn_updates):
+            if bn_updates is None or steps_per_epoch is None:
+                bn_updates = None
+            else:
+                bn_updates.update({name: bn_updates.get(name, 0) + steps_per_epoch for name in norms_train})
+            fewest = None if bn_updates is None else min(bn_updates[name] for name in norms_train)
+            if statistics_batches is not None and recomputes_batch_norm_statistics(settings.precise_bn, fewest):
                 layers = recompute_batch_norm_statistics(model, statistics_batches, precision)
                 log(f"epoch {epoch + 1}: BatchNorm statistics of {layers} layer(s) recomputed on the training rows")
         val_loss, val_acc = evaluate(model, val_batches, loss_fn, precision)
