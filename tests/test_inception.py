@@ -51,7 +51,7 @@ def test_training_loss_adds_the_auxiliary_logits_with_weight_0_4(inception):
     expected = loss_fn(logits, labels) + AUX_LOSS_WEIGHT * loss_fn(aux_logits, labels)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the loss, change nothing
     torch.manual_seed(3)
-    measured, _, _ = train_one_epoch(model, batches_299(), optimizer, loss_fn)
+    measured, *_ = train_one_epoch(model, batches_299(), optimizer, loss_fn)
     assert measured == pytest.approx(expected.item(), rel=1e-4)
     assert aux_logits.shape == (4, 3)
 

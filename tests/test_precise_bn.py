@@ -74,7 +74,6 @@ def test_a_model_without_training_batch_norms_is_unchanged():
         ("auto", 0, True),
         ("auto", PRECISE_BN_AUTO_STEPS - 1, True),
         ("auto", PRECISE_BN_AUTO_STEPS, False),
-        ("auto", None, True),  # an epoch of unknown length
         ("always", 10_000, True),
         ("never", 0, False),
     ],

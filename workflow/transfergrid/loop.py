@@ -46,15 +46,15 @@ def train_one_epoch(
     loss_fn: nn.Module,
     precision: str = "fp32",
     epoch: int = 0,
-) -> tuple[float, float, int]:
-    """(mean training loss, training accuracy, number of class scores) of one epoch."""
+) -> tuple[float, float, int, int]:
+    """(mean training loss, training accuracy, number of class scores, optimizer steps) of one epoch."""
     model.train()
     device = model_device(model)
     # Summed on the device and read once per epoch: a `.item()` per step would make the host wait
     # for the GPU at every step instead of queueing the next one.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+    seen = steps = 0
     for images, labels in batches:
         with autocast(precision, device):
             outputs = model(images)
@@ -68,13 +68,14 @@ def train_one_epoch(
         total_loss += loss.detach().double() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+        steps += 1
         failpoint("mid_epoch", epoch)
-    return total_loss.item() / seen, correct.item() / seen, logits.shape[1]
+    return total_loss.item() / seen, correct.item() / seen, logits.shape[1], steps
 
 
 def training_batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers, by name, that update running statistics when ``model`` is in training
-    mode (those inside frozen parts stay in eval mode unless ``train_bn``)."""
+    mode (those inside frozen parts stay in eval mode unless ``train_bn``); leaves it in that mode."""
     model.train()
     norms = ((n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
     return {name: m for name, m in norms if m.training and m.track_running_stats}
@@ -127,13 +128,11 @@ def recompute_batch_norm_statistics(model: nn.Module, batches: Batches, precisio
     return len(norms) if seen else 0
 
 
-def recomputes_batch_norm_statistics(mode: str, updates: int | None) -> bool:
+def recomputes_batch_norm_statistics(mode: str, updates: int) -> bool:
     """``train.precise_bn``: ``always``, ``never``, or ``auto``: while the running statistics of
     some training layer have been updated fewer than PRECISE_BN_AUTO_STEPS times (``updates``: the
-    fewest of any; None when unknown)."""
-    if mode == "auto":
-        return updates is None or updates < PRECISE_BN_AUTO_STEPS
-    return mode == "always"
+    fewest of any)."""
+    return mode == "always" or (mode == "auto" and updates < PRECISE_BN_AUTO_STEPS)
 
 
 @torch.inference_mode()
@@ -230,10 +229,9 @@ def fit(
     num_stages = getattr(model, "num_stages", 0)
     base_lr, patience = settings.optimizer.lr, settings.early_stopping_patience
     generator = getattr(train_batches, "generator", None)
-    steps_per_epoch = len(train_batches) // settings.batch_size if isinstance(train_batches, Sized) else None
     # Per BatchNorm layer, the training steps so far that updated its running statistics: layers
-    # start training at different epochs (gradual, two_phase). None once an epoch's length is unknown.
-    bn_updates: dict[str, int] | None = {}
+    # start training at different epochs (gradual, two_phase).
+    bn_updates: dict[str, int] = {}
     phase: Phase | None = None
     history, best = [], None
     best_acc, best_loss = -1.0, math.inf
@@ -260,17 +258,14 @@ def fit(
         set_learning_rate(optimizer, lr)
         started = time.perf_counter()
         norms_train = list(training_batch_norms(model))
-        train_loss, train_acc, num_classes = train_one_epoch(
+        train_loss, train_acc, num_classes, steps = train_one_epoch(
             model, train_batches, optimizer, loss_fn, precision, epoch=epoch + 1
         )
         train_seconds = time.perf_counter() - started
         check_divergence(epoch + 1, train_loss, uniform_loss(loss_fn, num_classes))
         if norms_train:
-            if bn_updates is None or steps_per_epoch is None:
-                bn_updates = None
-            else:
-                bn_updates.update({name: bn_updates.get(name, 0) + steps_per_epoch for name in norms_train})
-            fewest = None if bn_updates is None else min(bn_updates[name] for name in norms_train)
+            bn_updates.update({name: bn_updates.get(name, 0) + steps for name in norms_train})
+            fewest = min(bn_updates[name] for name in norms_train)
             if statistics_batches is not None and recomputes_batch_norm_statistics(settings.precise_bn, fewest):
                 layers = recompute_batch_norm_statistics(model, statistics_batches, precision)
                 log(f"epoch {epoch + 1}: BatchNorm statistics of {layers} layer(s) recomputed on the training rows")
