@@ -352,6 +352,25 @@ def test_report_lists_every_recipe_with_its_init(rendered):
     assert "validation" in section(page, "leaderboard") and "never used to" in page
 
 
+def test_a_logreg_recipe_shows_its_chosen_C_and_warns_at_the_end_of_the_C_grid(tmp_path):
+    cells = write_grid(tmp_path)
+    for seed, C in zip(SEEDS, (0.1, 100.0)):
+        cell_dir = cells[("resnet18", "none", "frozen", seed)]
+        train = json.loads((cell_dir / "lr1.0" / "train.json").read_text())
+        train.update(fit="fit_head_in_closed_form", C=C, C_at_edge=C == 100.0)
+        (cell_dir / "lr1.0" / "train.json").write_text(json.dumps(train))
+        selection = json.loads((cell_dir / "selection.json").read_text())
+        (cell_dir / "selection.json").write_text(json.dumps({**selection, "lr": None}))
+    _summary, summary_csv, recipes_csv = aggregate(list(cells.values()), tmp_path)
+    out = tmp_path / "report.html"
+    render_report(summary_csv, recipes_csv, [], out)
+    page = out.read_text(encoding="utf-8")
+    lr_or_c = {(r[3], r[5]): r[14] for r in table_rows(page, "leaderboard-table")}
+    assert lr_or_c[("resnet18", "frozen")].startswith("C=0.1 100") and "⚠" in lr_or_c[("resnet18", "frozen")]
+    assert lr_or_c[("resnet18", "full")] == "0.001"
+    assert "The chosen C is at an end of the C grid for: " in section(page, "learning-rates")
+
+
 def test_report_is_self_contained(rendered):
     _, _, out, page = rendered
     assert page.count("data:image/png;base64,") >= 3
