@@ -39,6 +39,7 @@ def cells(scores: dict) -> pd.DataFrame:
                     "num_classes": 10,
                     "trainable_params": 1000,
                     "wall_seconds": 1.0,
+                    "cost_seconds": 1.0,
                     "lr": 0.01,
                     "lr_at_edge": False,
                     "lr_candidates": 1,

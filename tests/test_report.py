@@ -371,6 +371,21 @@ def test_a_logreg_recipe_shows_its_chosen_C_and_warns_at_the_end_of_the_C_grid(t
     assert "The chosen C is at an end of the C grid for: " in section(page, "learning-rates")
 
 
+def test_a_head_on_cached_features_is_charged_the_extraction_it_needs(tmp_path):
+    cells = write_grid(tmp_path)
+    for seed in SEEDS:
+        candidate_dir = cells[("resnet18", "none", "frozen", seed)] / "lr1.0"
+        train = json.loads((candidate_dir / "train.json").read_text())
+        (candidate_dir / "train.json").write_text(json.dumps({**train, "feature_seconds": 4.0}))
+    _summary, summary_csv, recipes_csv = aggregate(list(cells.values()), tmp_path)
+    out = tmp_path / "report.html"
+    render_report(summary_csv, recipes_csv, [], out)
+    cost = {(r[3], r[5]): r[15] for r in table_rows(out.read_text(encoding="utf-8"), "leaderboard-table")}
+    mean_wall = sum(6.0 + seed for seed in SEEDS) / len(SEEDS)
+    assert cost[("resnet18", "frozen")] == f"{mean_wall + 4.0:.1f}"
+    assert cost[("resnet18", "full")] == f"{mean_wall:.1f}"
+
+
 def test_report_is_self_contained(rendered):
     _, _, out, page = rendered
     assert page.count("data:image/png;base64,") >= 3

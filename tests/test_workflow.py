@@ -319,6 +319,12 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     assert others["lr"].notna().all() and others["C"].isna().all()
     leaderboard = (tmp_path / "results" / "leaderboard.md").read_text()
     assert f"C={train['C']:.3g}" in leaderboard
+    # A head on cached features costs its fit plus the extraction it shares with its siblings.
+    on_features = summary["strategy"] == "frozen"
+    assert summary.loc[on_features, "feature_seconds"].nunique() == 1
+    assert (summary.loc[on_features, "feature_seconds"] > 0).all()
+    assert (summary.loc[~on_features, "feature_seconds"] == 0).all()
+    assert np.allclose(summary["cost_seconds"], summary["wall_seconds"] + summary["feature_seconds"])
 
 
 def test_adding_a_learning_rate_candidate_trains_only_that_candidate(tmp_path):

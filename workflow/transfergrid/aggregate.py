@@ -44,6 +44,8 @@ SUMMARY_COLUMNS = (
     "trainable_params",
     "frozen_params",
     "wall_seconds",
+    "feature_seconds",
+    "cost_seconds",
     "fit",
     "num_train",
     "num_classes",
@@ -116,6 +118,10 @@ def summarise_cell(cell_dir: Path) -> dict:
         "trainable_params": int(train["trainable_params"]),
         "frozen_params": int(train["frozen_params"]),
         "wall_seconds": float(train["wall_seconds"]),
+        # A head on cached features also needs the extraction it shares with its siblings: what
+        # running this recipe alone costs is the two together.
+        "feature_seconds": float(train.get("feature_seconds", 0.0)),
+        "cost_seconds": float(train["wall_seconds"]) + float(train.get("feature_seconds", 0.0)),
         "fit": str(train["fit"]),
         "num_train": int(train["num_train"]),
         "num_classes": int(train["num_classes"]),

@@ -138,6 +138,8 @@ def build_feature_cache(
         "backbone_params": backbone_params,
         "num_stages": net.num_stages,
         "aux_features": net.aux_features,
+        # What the extraction cost: part of the cost of every head trained on these features.
+        "extraction_seconds": seconds,
     }
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)

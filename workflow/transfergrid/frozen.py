@@ -150,7 +150,13 @@ def fit_frozen_group(
         except DivergedError as diverged:
             result, chosen = diverged, {}
         wall = time.perf_counter() - started
-        info = {"fit": fitter.__name__, "num_train": len(rows["train"]), "num_val": len(rows["val"]), **chosen}
+        info = {
+            "fit": fitter.__name__,
+            "num_train": len(rows["train"]),
+            "num_val": len(rows["val"]),
+            "feature_seconds": float(payload["extraction_seconds"]),
+            **chosen,
+        }
         results.append(
             record_candidate(
                 candidate.out_dir,

@@ -44,6 +44,7 @@ def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
             num_classes=("num_classes", "first"),
             trainable_params=("trainable_params", "median"),
             wall_seconds=("wall_seconds", "mean"),
+            cost_seconds=("cost_seconds", "mean"),
             chosen_lrs=("lr", _distinct_values),
             lr_at_edge=("lr_at_edge", "any"),
             lr_candidates=("lr_candidates", "max"),

@@ -175,7 +175,7 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
         context["figures"]["cost"] = uri(
             figures.plot_cost(
                 recipes,
-                data.pareto_front(recipes, "wall_seconds", "val_acc_mean"),
+                data.pareto_front(recipes, "cost_seconds", "val_acc_mean"),
                 data.pareto_front(recipes, "trainable_params", "val_acc_mean"),
                 label_of,
             )

@@ -307,7 +307,7 @@ def plot_cost(recipes: pd.DataFrame, front_time: pd.DataFrame, front_params: pd.
     fronts (no other recipe is both cheaper and better)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained", sharey=True)
     for ax, cost, front, label in (
-        (axes[0], "wall_seconds", front_time, "mean training wall time per cell (s, log)"),
+        (axes[0], "cost_seconds", front_time, "mean seconds per cell: training + feature extraction (log)"),
         (axes[1], "trainable_params", front_params, "trainable parameters (log)"),
     ):
         ax.scatter(recipes[cost].clip(lower=1e-3), recipes["val_acc_mean"], s=14, alpha=0.7)
