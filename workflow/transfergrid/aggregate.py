@@ -89,6 +89,9 @@ def summarise_cell(cell_dir: Path) -> dict:
         ("best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes"),
     )
     test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1", "nll", "ece"))
+    # A head on cached features also needs the extraction it shares with its siblings: what running
+    # this recipe alone costs is the two together.
+    feature_seconds = float(train.get("feature_seconds", 0.0))
     return {
         **{axis: str(cell[axis]) for axis in RECIPE if axis != "fraction"},
         "fraction": float(cell["fraction"]),
@@ -118,10 +121,8 @@ def summarise_cell(cell_dir: Path) -> dict:
         "trainable_params": int(train["trainable_params"]),
         "frozen_params": int(train["frozen_params"]),
         "wall_seconds": float(train["wall_seconds"]),
-        # A head on cached features also needs the extraction it shares with its siblings: what
-        # running this recipe alone costs is the two together.
-        "feature_seconds": float(train.get("feature_seconds", 0.0)),
-        "cost_seconds": float(train["wall_seconds"]) + float(train.get("feature_seconds", 0.0)),
+        "feature_seconds": feature_seconds,
+        "cost_seconds": float(train["wall_seconds"]) + feature_seconds,
         "fit": str(train["fit"]),
         "num_train": int(train["num_train"]),
         "num_classes": int(train["num_classes"]),
