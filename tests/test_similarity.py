@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
 
 from transfergrid.similarity import (
     bhattacharyya_coefficients,
@@ -17,6 +18,7 @@ from transfergrid.similarity import (
     domain_similarity,
     gbc,
     gbc_separability,
+    pca_reduce,
     stratified_resample,
     target_similarity,
 )
@@ -249,3 +251,17 @@ def test_gbc_measures_class_separability_not_only_closeness_to_the_source(target
     # ... and the near > far order above is already there in raw pixels, with no source at all.
     pixels = {name: (x[:, 0].reshape(len(x), -1).numpy(), y) for name, (x, y) in targets.items()}
     assert gbc_separability(*pixels["near"]) > gbc_separability(*pixels["far"]) + 0.05
+
+
+@pytest.mark.parametrize("shape", [(60, 200), (300, 40)])  # fewer rows than features, and more
+def test_pca_reduce_is_the_exact_pca_up_to_each_components_sign(shape):
+    rng = np.random.default_rng(0)
+    # A spectrum with distinct variances, so that every component is defined up to its sign.
+    features = rng.normal(size=shape) * np.linspace(3.0, 0.1, shape[1])
+    labels = np.arange(shape[0]) % 3
+    ours = pca_reduce(features, 16)
+    reference = PCA(n_components=16, svd_solver="full").fit_transform(features)
+    signs = np.sign((ours * reference).sum(axis=0))
+    np.testing.assert_allclose(ours * signs, reference, atol=1e-8)
+    on_reference = gbc_separability(reference, labels, pca_dim=None)
+    assert gbc_separability(features, labels, pca_dim=16) == pytest.approx(on_reference, abs=1e-12)

@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg import eigh
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
 
@@ -94,17 +95,31 @@ def _as_arrays(features, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pca_reduce(features: np.ndarray, pca_dim: int | None = GBC_PCA_DIM) -> np.ndarray:
-    """Features projected on their first ``pca_dim`` principal components (exact SVD, as the
-    reference). Fewer samples or features than ``pca_dim`` cap it; ``None`` keeps the features."""
+    """Features projected on their first ``pca_dim`` principal components: exact PCA, as the
+    reference's SVD, up to each component's sign (which GBC's diagonal Gaussians ignore). Fewer
+    samples or features than ``pca_dim`` cap it; ``None`` keeps the features.
+
+    Computed from the top eigenpairs of the smaller of the two Gram matrices of the centred
+    features (rows x rows, or features x features): the bootstrap repeats this a hundred times, and
+    on 1,000 rows of 1,280 features that takes 0.16 s instead of the full SVD's 0.42 s (scikit-learn's
+    PCA, same scores to 1e-15 in GBC).
+    """
     if pca_dim is None:
         return features
     components = min(pca_dim, *features.shape)
+    centred = features - features.mean(axis=0)
+    rows, dims = centred.shape
     try:
-        return PCA(n_components=components, svd_solver="full").fit_transform(features)
+        if rows <= dims:  # scores = U S from XXᵀ = U S² Uᵀ
+            eigenvalues, vectors = eigh(centred @ centred.T, subset_by_index=[rows - components, rows - 1])
+            scores = vectors * np.sqrt(np.maximum(eigenvalues, 0.0))
+        else:  # scores = X V from XᵀX = V S² Vᵀ
+            _, vectors = eigh(centred.T @ centred, subset_by_index=[dims - components, dims - 1])
+            scores = centred @ vectors
     except np.linalg.LinAlgError:
-        # LAPACK's divide-and-conquer SVD occasionally fails to converge on finite data (seen here on
-        # a bootstrap resample); the eigendecomposition of the covariance gives the same exact PCA.
-        return PCA(n_components=components, svd_solver="covariance_eigh").fit_transform(features)
+        # LAPACK occasionally fails to converge on finite data; the full SVD gives the same PCA.
+        return PCA(n_components=components, svd_solver="full").fit_transform(features)
+    return scores[:, ::-1]  # largest variance first
 
 
 def class_gaussians(
