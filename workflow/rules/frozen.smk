@@ -32,6 +32,8 @@ if FEATURE_HEADS:
                 f"{LOGS}/fit_frozen/{frozen_dataset}_{{backbone}}_{{weights}}.log",
             wildcard_constraints:
                 weights=r"(?!none/)[A-Za-z0-9_.-]+",  # not a random base: the lookahead sees the path
+            # Every seed's heads, where a random base's job fits one seed's: the longer job first.
+            priority: 1
             group:
                 "frozen"
             conda:

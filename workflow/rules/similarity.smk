@@ -10,6 +10,10 @@ rule similarity:
         similarity="results/similarity/{dataset}/{backbone}/{weights}.json",
     log:
         f"{LOGS}/similarity/{{dataset}}_{{backbone}}_{{weights}}.log",
+    # The report waits for every similarity job, and a similarity job (bootstrap resamples of a
+    # feature cache, 10-20 s) is longer than the frozen head fits that become ready with it:
+    # starting it first keeps it off the end of the critical path (list scheduling by longest path).
+    priority: 10
     conda:
         "../../envs/torch.yaml"
     threads: 1

@@ -8,6 +8,8 @@ rule split_dataset:
         split="results/datasets/{dataset}/split.csv",
     log:
         f"{LOGS}/split_dataset/{{dataset}}.log",
+    # A second of work that every fit and similarity job waits for: not behind feature extraction.
+    priority: 1
     # On a cluster, one job with obtaining the dataset and caching its images (see profiles/slurm).
     group:
         "prep"
