@@ -14,7 +14,7 @@ import pytest
 from transfergrid.aggregate import COORDINATES, SUMMARY_COLUMNS, aggregate_cells
 from transfergrid.errors import TransferGridError
 from transfergrid.recipes import recipe_table, write_recipes
-from transfergrid.report import render_report
+from transfergrid.report import ReportSettings, render_report
 from transfergrid.report.data import heatmap_tables, load_summary
 
 CLASSES = ["cat", "dog", "fox"]
@@ -412,6 +412,13 @@ def test_rendering_twice_gives_identical_bytes(rendered, tmp_path):
     again = tmp_path / "again.html"
     render_report(summary_csv, summary_csv.parent / "recipes.csv", [], again)
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_rendering_in_several_processes_gives_the_same_bytes(rendered, tmp_path):
+    _, summary_csv, out, _ = rendered
+    parallel = tmp_path / "parallel.html"
+    render_report(summary_csv, summary_csv.parent / "recipes.csv", [], parallel, ReportSettings(processes=3))
+    assert parallel.read_bytes() == out.read_bytes()
 
 
 def test_strings_from_data_are_escaped(tmp_path):

@@ -20,6 +20,10 @@ rule report:
         f"{LOGS}/report.log",
     conda:
         "../../envs/report.yaml"
+    # Figures are rendered this many at a time (forked processes, report/rendering.py). The report
+    # is the last job, so it usually has the machine to itself; more processes than figure groups
+    # would idle.
+    threads: 4
     params:
         facet_by=config["report"]["facet_by"],
         max_curves=config["report"]["max_curves"],

@@ -12,7 +12,10 @@ from transfergrid.report import ReportSettings, render_report
 
 def main(smk, log):
     settings = ReportSettings(
-        facet_by=tuple(smk.params.facet_by), max_curves=smk.params.max_curves, thresholds=dict(smk.params.thresholds)
+        facet_by=tuple(smk.params.facet_by),
+        max_curves=smk.params.max_curves,
+        thresholds=dict(smk.params.thresholds),
+        processes=smk.threads,
     )
     render_report(
         Path(smk.input.summary),

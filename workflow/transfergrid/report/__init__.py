@@ -14,6 +14,7 @@ metadata: re-rendering the same inputs gives the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import jinja2
@@ -24,6 +25,7 @@ from ..io import atomic_path
 from ..naming import image_cache_path
 from ..quadrant import map_points
 from . import data, figures
+from .rendering import Plot, render_figures
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -35,6 +37,7 @@ class ReportSettings:
     thresholds: dict = field(default_factory=lambda: {"size_threshold": 100, "similarity_threshold": 0.9})
     predictions_shown: int = 12
     wrong_shown: int = 6
+    processes: int = 1  # figures rendered at a time (rendering.render_figures)
 
 
 def interval(mean: float, half_width: float, digits: int = 3) -> str:
@@ -55,9 +58,9 @@ def load_similarities(paths: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
 
 
-def prediction_panels(best: pd.DataFrame, settings: ReportSettings) -> list[dict]:
+def prediction_panels(best: pd.DataFrame, settings: ReportSettings) -> list[tuple[str, Plot]]:
     """Per best cell: a sample of its test predictions and its most confidently wrong ones, with
-    the images from the image cache the cell was evaluated on."""
+    the images from the image cache the cell was evaluated on, as (title, function drawing it)."""
     panels = []
     for _, cell in best.iterrows():
         predictions = data.read_predictions(cell["cell_dir"])
@@ -74,14 +77,15 @@ def prediction_panels(best: pd.DataFrame, settings: ReportSettings) -> list[dict
         for title, rows in (("test predictions", sample), ("most confidently wrong", wrong)):
             if rows.empty:
                 continue
-            figure = figures.plot_predictions(
+            plot = partial(
+                figures.plot_predictions,
                 np.stack([images[int(i)] for i in rows["index"]]),
                 [classes[int(i)] for i in rows["label"]],
                 [classes[int(i)] for i in rows["pred"]],
                 rows["confidence"].to_numpy(),
                 f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}: {title}",
             )
-            panels.append({"title": title, "uri": figures.figure_to_data_uri(figure)})
+            panels.append((title, plot))
     return panels
 
 
@@ -135,51 +139,55 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
         "thresholds": settings.thresholds,
         "similarities": similarities.to_dict("records"),
         "points": points.to_dict("records") if not points.empty else [],
-        "figures": {},
     }
-    with figures.plot_style():
-        uri = figures.figure_to_data_uri
-        context["figures"]["heatmaps"] = uri(figures.plot_heatmaps(data.heatmap_tables(recipes, settings.facet_by)))
-        curves = data.size_curves(recipes)
-        if curves:
-            context["figures"]["size"] = uri(figures.plot_size_curves(curves, label_without("dataset", "fraction")))
-        sweep = data.freeze_depth_curves(recipes)
-        if not sweep.empty:
-            context["figures"]["freeze"] = uri(figures.plot_freeze_depth(sweep, label_without("strategy")))
-        panels = [
-            (label_of(cell), data.read_history(cell["candidate_dir"]), int(cell["best_epoch"]))
-            for _, cell in data.curve_cells(summary, recipes, settings.max_curves).iterrows()
-        ]
-        context["figures"]["curves"] = uri(figures.plot_curves(panels))
-        context["best_cells"] = [
-            {
-                "title": f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}",
-                "confusion": uri(figures.plot_confusion(data.read_confusion(cell["cell_dir"]), cell["name"])),
-            }
-            for _, cell in best.iterrows()
-        ]
-        reliability = [
-            (f"{cell['dataset']} f={cell['fraction']:g}", data.read_json_file(Path(cell["cell_dir"]) / "test.json"))
-            for _, cell in best.iterrows()
-        ]
-        context["figures"]["reliability"] = uri(figures.plot_reliability(reliability))
-        context["predictions"] = prediction_panels(best, settings)
-        if not points.empty:
-            context["figures"]["map"] = uri(figures.plot_quadrant_map(points, settings.thresholds, map_label))
-        search = data.learning_rate_search(summary)
-        if not search.empty:
-            context["figures"]["lr"] = uri(figures.plot_learning_rates(search, label_of))
-        context["lr_edges"] = [label_of(r) for r in recipes[recipes["lr_at_edge"].astype(bool)].to_dict("records")]
-        context["lr_searched"] = bool(not search.empty)
-        context["C_edges"] = [label_of(r) for r in recipes[recipes["C_at_edge"].astype(bool)].to_dict("records")]
-        context["figures"]["cost"] = uri(
-            figures.plot_cost(
-                recipes,
-                data.pareto_front(recipes, "cost_seconds", "val_acc_mean"),
-                data.pareto_front(recipes, "trainable_params", "val_acc_mean"),
-                label_of,
-            )
-        )
+    # Every figure as a function that draws it, keyed (kind, name or index), rendered together
+    # (several processes at a time).
+    plots = {("figures", "heatmaps"): partial(figures.plot_heatmaps, data.heatmap_tables(recipes, settings.facet_by))}
+    curves = data.size_curves(recipes)
+    if curves:
+        plots["figures", "size"] = partial(figures.plot_size_curves, curves, label_without("dataset", "fraction"))
+    sweep = data.freeze_depth_curves(recipes)
+    if not sweep.empty:
+        plots["figures", "freeze"] = partial(figures.plot_freeze_depth, sweep, label_without("strategy"))
+    panels = [
+        (label_of(cell), data.read_history(cell["candidate_dir"]), int(cell["best_epoch"]))
+        for _, cell in data.curve_cells(summary, recipes, settings.max_curves).iterrows()
+    ]
+    plots["figures", "curves"] = partial(figures.plot_curves, panels)
+    best_cells = []
+    for i, (_, cell) in enumerate(best.iterrows()):
+        best_cells.append({"title": f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}"})
+        plots["confusion", i] = partial(figures.plot_confusion, data.read_confusion(cell["cell_dir"]), cell["name"])
+    reliability = [
+        (f"{cell['dataset']} f={cell['fraction']:g}", data.read_json_file(Path(cell["cell_dir"]) / "test.json"))
+        for _, cell in best.iterrows()
+    ]
+    plots["figures", "reliability"] = partial(figures.plot_reliability, reliability)
+    prediction_titles = []
+    for i, (title, plot) in enumerate(prediction_panels(best, settings)):
+        prediction_titles.append(title)
+        plots["predictions", i] = plot
+    if not points.empty:
+        plots["figures", "map"] = partial(figures.plot_quadrant_map, points, settings.thresholds, map_label)
+    search = data.learning_rate_search(summary)
+    if not search.empty:
+        plots["figures", "lr"] = partial(figures.plot_learning_rates, search, label_of)
+    context["lr_edges"] = [label_of(r) for r in recipes[recipes["lr_at_edge"].astype(bool)].to_dict("records")]
+    context["lr_searched"] = bool(not search.empty)
+    context["C_edges"] = [label_of(r) for r in recipes[recipes["C_at_edge"].astype(bool)].to_dict("records")]
+    plots["figures", "cost"] = partial(
+        figures.plot_cost,
+        recipes,
+        data.pareto_front(recipes, "cost_seconds", "val_acc_mean"),
+        data.pareto_front(recipes, "trainable_params", "val_acc_mean"),
+        label_of,
+    )
+    uris = render_figures(plots, settings.processes)
+    context["figures"] = {name: uri for (kind, name), uri in uris.items() if kind == "figures"}
+    context["best_cells"] = [{**cell, "confusion": uris["confusion", i]} for i, cell in enumerate(best_cells)]
+    context["predictions"] = [
+        {"title": title, "uri": uris["predictions", i]} for i, title in enumerate(prediction_titles)
+    ]
     return context
 
 
