@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from transfergrid.errors import TransferGridError
 from transfergrid.recipes import recipe_table, write_recipes
 from transfergrid.report import ReportSettings, render_report
 from transfergrid.report.data import heatmap_tables, load_summary
+from transfergrid.report.figures import annotated_heatmap
 
 CLASSES = ["cat", "dog", "fox"]
 MODELS = [("resnet18", "none"), ("mobilenet_v3_small", "imagenet_pkg")]
@@ -333,6 +335,22 @@ def test_heatmap_facets_follow_the_parameter(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # render_report
+
+
+def test_heatmap_cells_carry_their_labels_first_row_on_top_and_nan_blank():
+    fig, ax = plt.subplots()
+    values = pd.DataFrame(
+        [[0.1, np.nan], [0.95, 0.5]], index=["net · none", "net · imagenet"], columns=["full", "frozen"]
+    )
+    labels = np.array([["0.100", "ignored: no value"], ["0.950", "0.500"]])
+    annotated_heatmap(ax, values, labels, "viridis", 0.0, 1.0, row_labels=True)
+    written = {(text.get_position(), text.get_text(), text.get_color()) for text in ax.texts}
+    plt.close(fig)
+    # viridis is dark purple at 0.1 (white text) and bright yellow at 0.95 (dark text)
+    assert written == {((0.5, 0.5), "0.100", "w"), ((0.5, 1.5), "0.950", ".15"), ((1.5, 1.5), "0.500", "w")}
+    assert ax.get_ylim() == (2.0, 0.0)  # the first row at the top, as a table reads
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["net · none", "net · imagenet"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["full", "frozen"]
 
 
 def test_report_lists_every_recipe_with_its_init(rendered):
