@@ -14,7 +14,7 @@ import multiprocessing
 from collections.abc import Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor
 
-from . import figures
+from .figures import figure_to_data_uri, plot_style
 
 Plot = Callable[[], object]  # draws one figure and returns it (a matplotlib Figure)
 
@@ -23,8 +23,8 @@ _plots: dict[Hashable, Plot] = {}
 
 
 def render(plot: Plot) -> str:
-    with figures.plot_style():
-        return figures.figure_to_data_uri(plot())
+    with plot_style():
+        return figure_to_data_uri(plot())
 
 
 def render_figures(plots: dict[Hashable, Plot], processes: int = 1) -> dict[Hashable, str]:
