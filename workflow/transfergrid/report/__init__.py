@@ -163,10 +163,8 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
         for _, cell in best.iterrows()
     ]
     plots["figures", "reliability"] = partial(figures.plot_reliability, reliability)
-    prediction_titles = []
-    for i, (title, plot) in enumerate(prediction_panels(best, settings)):
-        prediction_titles.append(title)
-        plots["predictions", i] = plot
+    predictions = prediction_panels(best, settings)
+    plots.update({("predictions", i): plot for i, (_, plot) in enumerate(predictions)})
     if not points.empty:
         plots["figures", "map"] = partial(figures.plot_quadrant_map, points, settings.thresholds, map_label)
     search = data.learning_rate_search(summary)
@@ -186,7 +184,7 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
     context["figures"] = {name: uri for (kind, name), uri in uris.items() if kind == "figures"}
     context["best_cells"] = [{**cell, "confusion": uris["confusion", i]} for i, cell in enumerate(best_cells)]
     context["predictions"] = [
-        {"title": title, "uri": uris["predictions", i]} for i, title in enumerate(prediction_titles)
+        {"title": title, "uri": uris["predictions", i]} for i, (title, _) in enumerate(predictions)
     ]
     return context
 
