@@ -327,6 +327,37 @@ def test_frozen_heads_share_one_feature_extraction(tmp_path):
     assert np.allclose(summary["cost_seconds"], summary["wall_seconds"] + summary["feature_seconds"])
 
 
+def planned_priorities(workdir: Path) -> dict[tuple[str, str], int]:
+    """(rule, wildcards) -> the priority a dry run shows for each planned job (0 when it shows none)."""
+    priorities = {}
+    for block in re.split(r"\n(?=\s*rule \w+:)", snakemake(workdir, "-n").stdout):
+        rule = re.match(r"\s*rule (\w+):", block)
+        if rule:
+            wildcards = re.search(r"wildcards: (.*)", block)
+            priority = re.search(r"priority: (\d+)", block)
+            key = (rule.group(1), wildcards.group(1) if wildcards else "")
+            priorities[key] = int(priority.group(1)) if priority else 0
+    return priorities
+
+
+def test_the_longest_jobs_and_what_every_seed_waits_for_are_scheduled_first(tmp_path):
+    config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
+    config["grid"]["backbones"] = [
+        {"name": "resnet18", "weights": ["none"]},
+        {"name": "efficientnet_lite0", "weights": ["imagenet_pkg"]},
+    ]
+    write_config(tmp_path, config)
+    priorities = planned_priorities(tmp_path)
+    by_rule = {(rule, wildcards.split(",")[-1].strip()): p for (rule, wildcards), p in priorities.items()}
+    assert by_rule[("similarity", "weights=imagenet_pkg")] == 10
+    assert by_rule[("split_dataset", "dataset=digits")] == 1
+    assert by_rule[("extract_features", "init=pretrained")] == 1  # every seed's frozen cells read it
+    assert by_rule[("extract_features", "init=seed0")] == 0  # a random base serves one seed
+    assert by_rule[("fit_frozen_pretrained_digits", "weights=imagenet_pkg")] == 1
+    assert by_rule[("fit_frozen_random_digits", "seed=0")] == 0
+    assert by_rule[("report", "")] == 0
+
+
 def test_adding_a_learning_rate_candidate_trains_only_that_candidate(tmp_path):
     config = grid_config({"digits": {"source": "builtin", "name": "digits", "max_per_class": IMAGES_PER_CLASS}})
     config["grid"].update(strategies=["full"])
