@@ -11,8 +11,8 @@ rule similarity:
     log:
         f"{LOGS}/similarity/{{dataset}}_{{backbone}}_{{weights}}.log",
     # The report waits for every similarity job, and a similarity job (bootstrap resamples of a
-    # feature cache, 10-20 s) is longer than the frozen head fits that become ready with it:
-    # starting it first keeps it off the end of the critical path (list scheduling by longest path).
+    # feature cache, 10-20 s) is longer than the frozen head fits that become ready with it: the
+    # longest job first, so that it does not run last with the other cores idle.
     priority: 10
     conda:
         "../../envs/torch.yaml"
