@@ -49,12 +49,11 @@ def annotated_heatmap(ax, values: pd.DataFrame, labels, cmap: str, vmin: float, 
     ax.set_yticks(np.arange(rows) + 0.5, [str(r) for r in values.index] if row_labels else [])
     ax.grid(False)
     sns.despine(ax=ax, left=True, bottom=True)
-    if labels is not None:
-        colours, blank = mesh.to_rgba(cells), np.ma.getmaskarray(cells)
-        for (row, column), label in np.ndenumerate(np.asarray(labels, dtype=str)):
-            if label and not blank[row, column]:
-                dark = relative_luminance(colours[row, column]) > 0.408
-                ax.text(column + 0.5, row + 0.5, label, ha="center", va="center", color=".15" if dark else "w", **text)
+    colours, blank = mesh.to_rgba(cells), np.ma.getmaskarray(cells)
+    for (row, column), label in np.ndenumerate(np.asarray(labels, dtype=str)):
+        if label and not blank[row, column]:
+            dark = relative_luminance(colours[row, column]) > 0.408
+            ax.text(column + 0.5, row + 0.5, label, ha="center", va="center", color=".15" if dark else "w", **text)
     return mesh
 
 
