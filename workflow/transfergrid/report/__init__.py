@@ -58,6 +58,11 @@ def load_similarities(paths: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
 
 
+def best_cell_title(cell) -> str:
+    """How the report names one of the best cells (a row of ``data.best_cells``)."""
+    return f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}"
+
+
 def prediction_panels(best: pd.DataFrame, settings: ReportSettings) -> list[tuple[str, Plot]]:
     """Per best cell: a sample of its test predictions and its most confidently wrong ones, with
     the images from the image cache the cell was evaluated on, as (title, function drawing it)."""
@@ -83,7 +88,7 @@ def prediction_panels(best: pd.DataFrame, settings: ReportSettings) -> list[tupl
                 [classes[int(i)] for i in rows["label"]],
                 [classes[int(i)] for i in rows["pred"]],
                 rows["confidence"].to_numpy(),
-                f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}: {title}",
+                f"{best_cell_title(cell)}: {title}",
             )
             panels.append((title, plot))
     return panels
@@ -154,14 +159,12 @@ def build_context(summary: pd.DataFrame, recipes: pd.DataFrame, similarities: pd
         for _, cell in data.curve_cells(summary, recipes, settings.max_curves).iterrows()
     ]
     plots["figures", "curves"] = partial(figures.plot_curves, panels)
-    best_cells = []
+    best_cells, reliability = [], []
     for i, (_, cell) in enumerate(best.iterrows()):
-        best_cells.append({"title": f"{cell['dataset']} f={cell['fraction']:g} · {cell['name']} · seed {cell['seed']}"})
+        best_cells.append({"title": best_cell_title(cell)})
         plots["confusion", i] = partial(figures.plot_confusion, data.read_confusion(cell["cell_dir"]), cell["name"])
-    reliability = [
-        (f"{cell['dataset']} f={cell['fraction']:g}", data.read_json_file(Path(cell["cell_dir"]) / "test.json"))
-        for _, cell in best.iterrows()
-    ]
+        test_metrics = data.read_json_file(Path(cell["cell_dir"]) / "test.json")
+        reliability.append((f"{cell['dataset']} f={cell['fraction']:g}", test_metrics))
     plots["figures", "reliability"] = partial(figures.plot_reliability, reliability)
     predictions = prediction_panels(best, settings)
     plots.update({("predictions", i): plot for i, (_, plot) in enumerate(predictions)})
