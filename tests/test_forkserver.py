@@ -183,6 +183,31 @@ def test_the_server_stops_with_its_snakemake(tmp_path):
         time.sleep(0.2)
 
 
+def test_a_stopped_server_exits_at_once_without_the_interpreter_teardown(tmp_path, monkeypatch):
+    """Unloading torch, timm and matplotlib takes seconds, and Snakemake waits for the server at the
+    end of every run and cluster job group: stopped, it logs what it served and exits with status 0
+    without running the interpreter's exit handlers (here: one that sitecustomize registers)."""
+    marker = tmp_path / "teardown_ran"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import atexit\natexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), PACKAGE_PATH]))
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert marker.exists(), "the exit handler this test relies on did not run in a plain interpreter"
+    marker.unlink()
+
+    log = tmp_path / "server.log"
+    server = forkserver.start_fork_server(log)
+    deadline = time.monotonic() + 120
+    while "serving" not in log.read_text():
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    forkserver.stop_fork_server(server)
+    assert server.returncode == 0
+    assert log.read_text().splitlines()[-1] == "stopped; 0 jobs served"
+    assert not marker.exists()
+
+
 def test_runs_that_may_use_cuda_start_no_server():
     # CUDA cannot be trusted to start in a process forked after its parent touched the driver.
     assert not forkserver.jobs_may_use_cuda("cpu")

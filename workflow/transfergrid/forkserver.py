@@ -362,8 +362,12 @@ def main() -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):  # SystemExit: stop_fork_server's SIGTERM
         serve(args.address, args.parent)
+    # Exit without the interpreter's teardown: unloading torch, timm and matplotlib takes 1.5-3 s,
+    # and Snakemake waits for this process at the end of every local run and cluster job group.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
