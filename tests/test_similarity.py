@@ -109,8 +109,27 @@ def test_bootstrap_is_deterministic_with_a_seed():
     assert "at most 100 target images per class" in describe() and "seed 0" in describe()
 
 
+def test_bootstrap_scores_each_resample_as_the_rows_it_drew():
+    # The score sees a resample's distinct rows with their draw counts: the figures must be those of
+    # scoring the drawn rows themselves, repeats included.
+    features, labels = gaussian_classes(3, spacing=1.0, dim=80, per_class=30)
+    spread = bootstrap(
+        lambda f, y, weights: gbc_separability(f, y, pca_dim=16, weights=weights),
+        features,
+        labels,
+        n_resamples=10,
+        seed=5,
+    )
+    rng = np.random.default_rng(5)
+    drawn = [stratified_resample(labels, rng) for _ in range(10)]
+    values = [gbc_separability(features[rows], labels[rows], pca_dim=16) for rows in drawn]
+    assert spread["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert spread["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert spread["value"] == pytest.approx(gbc_separability(features, labels, pca_dim=16), abs=1e-15)
+
+
 def test_bootstrap_of_a_constant_score():
-    spread = bootstrap(lambda f, y: 0.5, np.zeros((6, 2)), np.array([0, 0, 0, 1, 1, 1]), n_resamples=5)
+    spread = bootstrap(lambda f, y, weights: 0.5, np.zeros((6, 2)), np.array([0, 0, 0, 1, 1, 1]), n_resamples=5)
     assert spread == {
         "value": 0.5,
         "mean": 0.5,
@@ -251,6 +270,24 @@ def test_gbc_measures_class_separability_not_only_closeness_to_the_source(target
     # ... and the near > far order above is already there in raw pixels, with no source at all.
     pixels = {name: (x[:, 0].reshape(len(x), -1).numpy(), y) for name, (x, y) in targets.items()}
     assert gbc_separability(*pixels["near"]) > gbc_separability(*pixels["far"]) + 0.05
+
+
+@pytest.mark.parametrize("shape", [(60, 200), (300, 40)])  # fewer rows than features, and more
+def test_weights_count_each_row_as_that_many_repeated_rows(shape):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=shape) * np.linspace(3.0, 0.1, shape[1])
+    labels = np.arange(shape[0]) % 3
+    counts = rng.integers(1, 4, size=shape[0])
+    repeated = np.repeat(np.arange(shape[0]), counts)
+    expanded = pca_reduce(features[repeated], 16)
+    weighted = pca_reduce(features, 16, weights=counts)[repeated]
+    signs = np.sign((expanded * weighted).sum(axis=0))
+    np.testing.assert_allclose(weighted * signs, expanded, atol=1e-8)
+    on_repeated = bhattacharyya_coefficients(features[repeated], labels[repeated], pca_dim=16)
+    np.testing.assert_allclose(bhattacharyya_coefficients(features, labels, pca_dim=16, weights=counts), on_repeated)
+    assert gbc_separability(features, labels, pca_dim=16) != pytest.approx(
+        gbc_separability(*(x[repeated] for x in (features, labels)), pca_dim=16)
+    )
 
 
 @pytest.mark.parametrize("shape", [(60, 200), (300, 40)])  # fewer rows than features, and more

@@ -48,8 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg import eigh
-from sklearn.decomposition import PCA
+from scipy.linalg import eigh, svd
 from sklearn.metrics.pairwise import euclidean_distances
 
 GBC_PCA_DIM = 64  # the reference experiments' gbc.pca_reduction
@@ -94,46 +93,70 @@ def _as_arrays(features, labels) -> tuple[np.ndarray, np.ndarray]:
     return features, labels
 
 
-def pca_reduce(features: np.ndarray, pca_dim: int | None = GBC_PCA_DIM) -> np.ndarray:
+def pca_reduce(
+    features: np.ndarray, pca_dim: int | None = GBC_PCA_DIM, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Features projected on their first ``pca_dim`` principal components: exact PCA, as the
     reference's SVD, up to each component's sign (which GBC's diagonal Gaussians ignore). Fewer
     samples or features than ``pca_dim`` cap it; ``None`` keeps the features.
 
-    With more rows than features this is scikit-learn's ``covariance_eigh`` PCA. With fewer, the
-    usual case here (at most 100 images per class of 512-2,048 features), it is the top eigenpairs of
-    the rows x rows Gram matrix of the centred features, which scikit-learn does not offer: the
-    bootstrap repeats it a hundred times, and on 1,000 rows of 1,280 features that takes 0.16 s
-    instead of the full SVD's 0.42 s (same GBC to 1e-15).
+    ``weights`` (how many times each row counts; None: once) give the PCA of the features with each
+    row repeated that many times, computed from the distinct rows only: a bootstrap resample repeats
+    about a third of its rows, and the eigendecomposition below costs the cube of the row count.
+
+    With the rows (Y: each centred distinct row times the square root of its weight) Yᵀ Y is the
+    covariance of the repeated rows. With more rows than features its top eigenvectors W give the
+    scores (x − mean) W, as scikit-learn's ``covariance_eigh`` PCA. With fewer, the usual case here
+    (at most 100 images per class of 512-2,048 features), they come from the rows x rows Gram matrix
+    Y Yᵀ = U S² Uᵀ instead: a row's scores are S U_row / √weight. On 1,000 rows of 1,280 features
+    that takes 0.16 s instead of the full SVD's 0.42 s (same GBC to 1e-15).
     """
     if pca_dim is None:
         return features
-    components = min(pca_dim, *features.shape)
+    weights = np.ones(len(features)) if weights is None else np.asarray(weights, dtype=np.float64)
     rows, dims = features.shape
-    if rows > dims:
-        return PCA(n_components=components, svd_solver="covariance_eigh").fit_transform(features)
-    centred = features - features.mean(axis=0)
+    components = min(pca_dim, rows, dims)
+    centred = features - np.average(features, axis=0, weights=weights)
+    scaled = centred * np.sqrt(weights)[:, None]
+    # The matrix is a temporary of finite features (``_as_arrays`` checked them): no copy, no check.
+    temporary = {"overwrite_a": True, "check_finite": False}
     try:
-        # scores = U S, from X Xᵀ = U S² Uᵀ
-        eigenvalues, vectors = eigh(centred @ centred.T, subset_by_index=[rows - components, rows - 1])
+        if rows > dims:
+            _, directions = eigh(scaled.T @ scaled, subset_by_index=[dims - components, dims - 1], **temporary)
+            return centred @ directions[:, ::-1]  # largest variance first
+        eigenvalues, vectors = eigh(scaled @ scaled.T, subset_by_index=[rows - components, rows - 1], **temporary)
     except np.linalg.LinAlgError:
-        # LAPACK occasionally fails to converge on finite data; the full SVD gives the same PCA.
-        return PCA(n_components=components, svd_solver="full").fit_transform(features)
-    return (vectors * np.sqrt(np.maximum(eigenvalues, 0.0)))[:, ::-1]  # largest variance first
+        # LAPACK occasionally fails to converge on finite data; the SVD gives the same PCA.
+        _, _, directions = svd(scaled, full_matrices=False)
+        return centred @ directions[:components].T
+    scores = vectors * np.sqrt(np.maximum(eigenvalues, 0.0)) / np.sqrt(weights)[:, None]
+    return scores[:, ::-1]  # largest variance first
 
 
 def class_gaussians(
-    features: np.ndarray, labels: np.ndarray, variance_floor: float = GBC_VARIANCE_FLOOR
+    features: np.ndarray,
+    labels: np.ndarray,
+    variance_floor: float = GBC_VARIANCE_FLOOR,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(classes [K], means [K, D], variances [K, D]) of a diagonal Gaussian per class.
+    """(classes [K], means [K, D], variances [K, D]) of a diagonal Gaussian per class, each row
+    counted ``weights`` times (None: once).
 
     Population variance (ddof=0, as ``tf.math.reduce_variance`` in the reference), floored so that a
     constant feature does not divide by zero.
     """
+    weights = np.ones(len(features)) if weights is None else np.asarray(weights, dtype=np.float64)
     classes = np.unique(labels)
     if len(classes) < 2:
         raise ValueError("class separability needs at least two classes")
-    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
-    variances = np.stack([features[labels == c].var(axis=0) for c in classes])
+    members = [labels == c for c in classes]
+    means = np.stack([np.average(features[rows], axis=0, weights=weights[rows]) for rows in members])
+    variances = np.stack(
+        [
+            np.average((features[rows] - mean) ** 2, axis=0, weights=weights[rows])
+            for rows, mean in zip(members, means, strict=True)
+        ]
+    )
     return classes, means, np.maximum(variances, variance_floor)
 
 
@@ -144,8 +167,10 @@ def bhattacharyya_coefficients(
     pca_dim: int | None = GBC_PCA_DIM,
     gaussian_type: str = GBC_GAUSSIAN,
     variance_floor: float = GBC_VARIANCE_FLOOR,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[K, K] Bhattacharyya coefficients BC = exp(−D_B) between the class Gaussians (1 on the diagonal).
+    """[K, K] Bhattacharyya coefficients BC = exp(−D_B) between the class Gaussians (1 on the diagonal),
+    each row counted ``weights`` times (None: once).
 
     For Gaussians with diagonal covariances σ₁, σ₂ and σ̄ = (σ₁ + σ₂)/2 (per dimension):
     D_B = ⅛ Σ (μ₁ − μ₂)² / σ̄ + ½ Σ [ln σ̄ − ½ (ln σ₁ + ln σ₂)], the reference's formula.
@@ -156,7 +181,8 @@ def bhattacharyya_coefficients(
     if gaussian_type not in ("diagonal", "spherical"):
         raise ValueError(f"gaussian_type must be 'diagonal' or 'spherical', not {gaussian_type!r}")
     features, labels = _as_arrays(features, labels)
-    _, means, variances = class_gaussians(pca_reduce(features, pca_dim), labels, variance_floor)
+    reduced = pca_reduce(features, pca_dim, weights)
+    _, means, variances = class_gaussians(reduced, labels, variance_floor, weights)
     if gaussian_type == "spherical":
         variances = np.broadcast_to(variances.mean(axis=1, keepdims=True), variances.shape)
     average = (variances[:, None, :] + variances[None, :, :]) / 2
@@ -210,7 +236,7 @@ def stratified_resample(labels: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def bootstrap(
-    score: Callable[[np.ndarray, np.ndarray], float],
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float],
     features,
     labels,
     *,
@@ -221,7 +247,11 @@ def bootstrap(
     """The score on all rows and its spread over class-stratified bootstrap resamples of the target.
 
     Each resample draws, within every class, as many rows as the class has, with replacement
-    (``numpy.random.default_rng(seed)``), and recomputes the whole score, PCA included. Returns
+    (``numpy.random.default_rng(seed)``), and recomputes the whole score, PCA included. ``score`` is
+    called as ``score(features, labels, weights)``: with weights None on all rows, and on a
+    resample's distinct rows with how many times each was drawn, which it must score as the rows
+    repeated that many times (``gbc_separability`` does). About a third of a resample's rows are
+    repeats, so the score works on two thirds of the rows. Returns
     ``value`` (on all rows), ``mean`` and ``std`` (ddof=1) over the resamples, ``bias`` (mean −
     value), ``ci_low`` and ``ci_high`` (the ``confidence`` percentile interval) and ``n_resamples``.
 
@@ -233,8 +263,13 @@ def bootstrap(
     features, labels = _as_arrays(features, labels)
     rng = np.random.default_rng(seed)
     resamples = (stratified_resample(labels, rng) for _ in range(n_resamples))
-    values = np.array([score(features[rows], labels[rows]) for rows in resamples])
-    value = float(score(features, labels))
+    values = np.array(
+        [
+            score(features[rows], labels[rows], counts)
+            for rows, counts in (np.unique(r, return_counts=True) for r in resamples)
+        ]
+    )
+    value = float(score(features, labels, None))
     tail = (1 - confidence) / 2 * 100
     return {
         "value": value,
@@ -274,7 +309,7 @@ def target_similarity(
     features, labels = features[rows], labels[rows]
     parameters = {"pca_dim": pca_dim, "gaussian_type": gaussian_type}
     spread = bootstrap(
-        lambda f, y: gbc_separability(f, y, **parameters),
+        lambda f, y, weights: gbc_separability(f, y, weights=weights, **parameters),
         features,
         labels,
         n_resamples=n_resamples,
