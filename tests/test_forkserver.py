@@ -183,10 +183,9 @@ def test_the_server_stops_with_its_snakemake(tmp_path):
         time.sleep(0.2)
 
 
-def test_a_stopped_server_exits_at_once_without_the_interpreter_teardown(tmp_path, monkeypatch):
-    """Unloading torch, timm and matplotlib takes seconds, and Snakemake waits for the server at the
-    end of every run and cluster job group: stopped, it logs what it served and exits with status 0
-    without running the interpreter's exit handlers (here: one that sitecustomize registers)."""
+def exit_handler_marker(tmp_path, monkeypatch) -> Path:
+    """A file that an exit handler (registered by sitecustomize in every Python started from now on)
+    creates when the interpreter runs its teardown, checked here to appear for a plain interpreter."""
     marker = tmp_path / "teardown_ran"
     (tmp_path / "sitecustomize.py").write_text(
         f"import atexit\natexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
@@ -195,7 +194,14 @@ def test_a_stopped_server_exits_at_once_without_the_interpreter_teardown(tmp_pat
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     assert marker.exists(), "the exit handler this test relies on did not run in a plain interpreter"
     marker.unlink()
+    return marker
 
+
+def test_a_stopped_server_exits_at_once_without_the_interpreter_teardown(tmp_path, monkeypatch):
+    """Unloading torch, timm and matplotlib takes seconds, and Snakemake waits for the server at the
+    end of every run and cluster job group: stopped, it logs what it served and exits with status 0
+    without running the interpreter's exit handlers."""
+    marker = exit_handler_marker(tmp_path, monkeypatch)
     log = tmp_path / "server.log"
     server = forkserver.start_fork_server(log)
     deadline = time.monotonic() + 120
@@ -206,6 +212,22 @@ def test_a_stopped_server_exits_at_once_without_the_interpreter_teardown(tmp_pat
     assert server.returncode == 0
     assert log.read_text().splitlines()[-1] == "stopped; 0 jobs served"
     assert not marker.exists()
+
+
+def test_without_a_server_the_job_ends_as_a_forked_job_does(tmp_path, monkeypatch):
+    """A job with no server (a GPU run, resources.fork_server false) runs in its own process, and
+    ends as a forked job does: the script's status, without the teardown (about a second a job)."""
+    monkeypatch.delenv(forkserver.ENV, raising=False)
+    marker = exit_handler_marker(tmp_path, monkeypatch)
+    result = run_job(tmp_path, "plain")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"preloaded=False threads=1 cwd={tmp_path}")
+    assert result.stderr == "to stderr\n"
+    assert not marker.exists()
+    assert run_job(tmp_path, "exit3").returncode == 3
+    raised = run_job(tmp_path, "raise")
+    assert raised.returncode == 1 and "RuntimeError: a bug in the job" in raised.stderr
+    assert run_job(tmp_path, "sigkill").returncode == -signal.SIGKILL
 
 
 def test_runs_that_may_use_cuda_start_no_server():

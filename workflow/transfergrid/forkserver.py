@@ -19,7 +19,8 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   job, or one for the whole group), fork from it. A job uses a server only on the host and in the SLURM
   allocation that started it: a job submitted from a run whose head node has a server, or sent to
   another node, does not reach outside its allocation.
-- Whenever the server cannot take the job, the job runs in its own process as before: a cluster job
+- Whenever the server cannot take the job, the job runs in its own process (and ends as a forked job
+  does, without the interpreter's teardown): a cluster job
   that is not part of a group, dry runs, another Python (a conda environment), a server that died,
   ``resources.fork_server: false``.
 
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .gpus import discover_devices
@@ -135,8 +137,8 @@ def _where() -> dict[str, str | None]:
 
 
 def run_in_fork_server(wait_for_server: bool = True) -> None:
-    """Run this job script in a fork of the server and exit as it did; return (and let the script
-    run here) when there is no server for this job.
+    """Run this job script in a fork of the server and exit as it did; when there is no server for
+    this job, run it here (``_run_here_and_exit``). Returns only in the job's own run of the script.
 
     A job that needs torch waits for a server still importing it (sooner than importing it here).
     A job that does not (``wait_for_server=False``: the aggregation, the report) uses the server
@@ -146,7 +148,7 @@ def run_in_fork_server(wait_for_server: bool = True) -> None:
         return
     connection = _connect(WAIT_FOR_READY_S if wait_for_server else 0)
     if connection is None:
-        return
+        _run_here_and_exit()
     with connection:
         script = os.path.abspath(sys.argv[0])
         request = {"script": script, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}
@@ -307,8 +309,8 @@ def _watch(job: int, connection: socket.socket) -> tuple[int, int]:
 def _run_job(request: dict, fds: list[int]) -> None:
     """In the job's fork: become the job's process (streams, directory, environment, threads) and run
     its script as ``python <script>`` would."""
-    status = 1
-    try:
+
+    def become_the_job() -> None:
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -320,6 +322,25 @@ def _run_job(request: dict, fds: list[int]) -> None:
         _threads_as_a_fresh_process()
         _reseed_numpy()
         runpy.run_path(request["script"], run_name="__main__")
+
+    _exit_after(become_the_job)
+
+
+def _run_here_and_exit() -> None:
+    """No server for this job: run its script in this process from the top, as a forked job runs
+    it, and end the same way: with the script's status, and without the interpreter's teardown
+    (unloading torch takes about a second per job; a GPU job also tears down CUDA). The script's
+    second run passes ``run_in_fork_server`` at once."""
+    os.environ[_IN_FORKED_JOB] = "1"
+    _exit_after(lambda: runpy.run_path(os.path.abspath(sys.argv[0]), run_name="__main__"))
+
+
+def _exit_after(run: Callable[[], None]) -> None:
+    """Run a job's script, then exit with its status as ``python <script>`` would (0, the code of
+    its SystemExit, or 1 and the traceback on stderr), without the interpreter's teardown."""
+    status = 1
+    try:
+        run()
         status = 0
     except SystemExit as exit_:
         if isinstance(exit_.code, int) or exit_.code is None:
