@@ -19,9 +19,9 @@ the standard cure (Python's multiprocessing "forkserver" with preloaded modules,
   job, or one for the whole group), fork from it. A job uses a server only on the host and in the SLURM
   allocation that started it: a job submitted from a run whose head node has a server, or sent to
   another node, does not reach outside its allocation.
-- Whenever the server cannot take the job, the job runs in its own process (and ends as a forked job
-  does, without the interpreter's teardown): a cluster job
-  that is not part of a group, dry runs, another Python (a conda environment), a server that died,
+- Whenever the server cannot take the job, the job runs in its own process, and ends as a forked
+  job does (without the interpreter's teardown): a cluster job that is not part of a group, another
+  Python (a conda environment), a server that died, runs whose jobs may use CUDA,
   ``resources.fork_server: false``.
 
 Fork safety: the server only imports. It never runs a torch operation (no OpenMP pool), so each

@@ -93,6 +93,11 @@ def _as_arrays(features, labels) -> tuple[np.ndarray, np.ndarray]:
     return features, labels
 
 
+def _row_weights(features: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """How many times each row counts: ``weights`` as floats, or once each."""
+    return np.ones(len(features)) if weights is None else np.asarray(weights, dtype=np.float64)
+
+
 def pca_reduce(
     features: np.ndarray, pca_dim: int | None = GBC_PCA_DIM, weights: np.ndarray | None = None
 ) -> np.ndarray:
@@ -113,7 +118,7 @@ def pca_reduce(
     """
     if pca_dim is None:
         return features
-    weights = np.ones(len(features)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weights = _row_weights(features, weights)
     rows, dims = features.shape
     components = min(pca_dim, rows, dims)
     centred = features - np.average(features, axis=0, weights=weights)
@@ -145,7 +150,7 @@ def class_gaussians(
     Population variance (ddof=0, as ``tf.math.reduce_variance`` in the reference), floored so that a
     constant feature does not divide by zero.
     """
-    weights = np.ones(len(features)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weights = _row_weights(features, weights)
     classes = np.unique(labels)
     if len(classes) < 2:
         raise ValueError("class separability needs at least two classes")
