@@ -12,8 +12,8 @@ rule extract_features:
         f"{LOGS}/extract_features/{{dataset}}_{{size}}px_{{backbone}}_{{weights}}_{{init}}.log",
     wildcard_constraints:
         init=r"pretrained|seed\d+",
-    # A pretrained base's features first: every seed's frozen cells and the similarity job (the
-    # longest job of a frozen grid, rules/similarity.smk) wait for them; a random base's only one seed's.
+    # A pretrained base's features first: every seed's frozen cells and the similarity job (one of
+    # the longest jobs of a frozen grid, rules/similarity.smk) wait for them; a random base's only one seed's.
     priority: lambda wildcards: 1 if wildcards.init == "pretrained" else 0
     # On a cluster, one job with the frozen heads fitted and evaluated on these features (frozen.smk).
     group:

@@ -52,6 +52,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from .gpus import discover_devices
 from .io import process_is_running
@@ -306,7 +307,7 @@ def _watch(job: int, connection: socket.socket) -> tuple[int, int]:
             return 1, signal.SIGTERM
 
 
-def _run_job(request: dict, fds: list[int]) -> None:
+def _run_job(request: dict, fds: list[int]) -> NoReturn:
     """In the job's fork: become the job's process (streams, directory, environment, threads) and run
     its script as ``python <script>`` would."""
 
@@ -326,7 +327,7 @@ def _run_job(request: dict, fds: list[int]) -> None:
     _exit_after(become_the_job)
 
 
-def _run_here_and_exit() -> None:
+def _run_here_and_exit() -> NoReturn:
     """No server for this job: run its script in this process from the top, as a forked job runs
     it, and end the same way: with the script's status, and without the interpreter's teardown
     (unloading torch takes about a second per job; a GPU job also tears down CUDA). The script's
@@ -335,7 +336,7 @@ def _run_here_and_exit() -> None:
     _exit_after(lambda: runpy.run_path(os.path.abspath(sys.argv[0]), run_name="__main__"))
 
 
-def _exit_after(run: Callable[[], None]) -> None:
+def _exit_after(run: Callable[[], None]) -> NoReturn:
     """Run a job's script, then exit with its status as ``python <script>`` would (0, the code of
     its SystemExit, or 1 and the traceback on stderr), without the interpreter's teardown."""
     status = 1
