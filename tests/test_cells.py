@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from helpers import cell_config
 
 from transfergrid.batches import feature_batches, make_batches
@@ -102,6 +103,65 @@ def test_features_of_another_random_base_are_refused(tiny_dataset):
     with pytest.raises(TransferGridError, match="not from the cell's base"):
         fit_frozen(tiny_dataset, cell, features_for_seed(tiny_dataset, 0))
     assert not (tiny_dataset / "cell" / "lr1.0" / "model.pt").exists()
+
+
+@pytest.fixture
+def pretrained_features(tiny_dataset):
+    """The feature cache of a pretrained base: one cache for every seed of the grid."""
+    torch.manual_seed(1)
+    weights = tiny_dataset / "weights.pt"
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, weights)
+    out = tiny_dataset / "features-pretrained.pt"
+    source = FeatureSource("resnet18", "imagenet", weights)
+    build_feature_cache(source, tiny_dataset / "cache.npy", out, batch_size=8, device="cpu", log=QUIET)
+    return out, weights
+
+
+def test_seeds_that_pose_the_same_closed_form_problem_share_one_fit(tiny_dataset, pretrained_features):
+    """On a pretrained base's features the seeds of a logreg recipe fit the same rows with the same
+    settings: the group solves it once, and each seed's files equal fitting that seed on its own.
+    A head trained by gradient descent depends on its seed and is fitted for each."""
+    features, weights = pretrained_features
+    group, alone = tiny_dataset / "group", tiny_dataset / "alone"
+    frozen = {"strategy": "frozen", "weights": "imagenet", "features": True}
+
+    def fit(root, seeds, log=QUIET):
+        candidates = [
+            FrozenCandidate(
+                candidate_settings(cell_config(head=h, seed=s, **frozen), "1.0"),
+                root / f"{h}-seed{s}",
+                weights_file=str(weights),
+            )
+            for h in ("logreg", "linear")
+            for s in seeds
+        ]
+        split, classes = tiny_dataset / "split.csv", tiny_dataset / "classes.json"
+        results = fit_frozen_group(candidates, features, split, classes, log=log)
+        return {result.out_dir.name: result.summary for result in results}
+
+    def saved(directory):
+        model = torch.load(directory / "model.pt", weights_only=False)
+        history = pd.read_csv(directory / "history.csv").drop(columns=["seconds", "train_seconds"])
+        return model, history
+
+    messages = []
+    summaries = fit(group, (0, 1, 2), messages.append)
+    fit(alone, (2,))
+    first = str(group / "logreg-seed0")
+    assert [summaries[f"logreg-seed{s}"].get("same_fit_as") for s in (0, 1, 2)] == [None, first, first]
+    assert sum("the same closed-form fit as" in message for message in messages) == 2
+    assert summaries["logreg-seed2"]["wall_seconds"] == summaries["logreg-seed0"]["wall_seconds"]
+    assert not any("same_fit_as" in summaries[f"linear-seed{s}"] for s in (0, 1, 2))
+    for head in ("logreg", "linear"):  # each seed's files as if fitted alone
+        model, history = saved(group / f"{head}-seed2")
+        model_alone, history_alone = saved(alone / f"{head}-seed2")
+        assert model["cell"] == model_alone["cell"] and history.equals(history_alone)
+        assert all(torch.equal(value, model_alone["state_dict"][key]) for key, value in model["state_dict"].items())
+    # The seeds' logreg heads are one head; their linear heads are not.
+    (logreg0, _), (logreg2, _) = saved(group / "logreg-seed0"), saved(group / "logreg-seed2")
+    (linear0, _), (linear2, _) = saved(group / "linear-seed0"), saved(group / "linear-seed2")
+    assert all(torch.equal(value, logreg2["state_dict"][key]) for key, value in logreg0["state_dict"].items())
+    assert not torch.equal(linear0["state_dict"]["head.1.weight"], linear2["state_dict"]["head.1.weight"])
 
 
 def write_candidate(directory, multiplier, status="trained", val_acc=0.5, val_loss=1.0):

@@ -6,6 +6,8 @@ network (same initialisation, same batches, same loss), without running the back
 job needs torch, not torchvision or timm, and its cost is a few milliseconds per epoch. One job per
 feature cache instead of one per cell removes a process start-up (3-5 s) per cell, which is most of
 what a frozen head costs; adding a head refits its siblings, which is cheap and deterministic.
+Candidates that pose the same closed-form problem (the seeds of a logreg recipe on a pretrained
+base's features) share one fit (``closed_form_problem``).
 
 A head-only ``model.pt`` holds the head's weights (``head.*`` keys of the cell's TransferModel) and
 the settings that rebuild the frozen base (``model.load_trained_model``).
@@ -13,8 +15,9 @@ the settings that rebuild the frozen base (``model.load_trained_model``).
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .batches import feature_batches
@@ -124,6 +127,20 @@ def fit_head_in_closed_form(
     return result, chosen
 
 
+def closed_form_problem(settings: CellSettings, rows: dict) -> str:
+    """What a closed-form fit of one candidate depends on, as a key: its settings without the seed,
+    and its rows. The seed only initialises a head that the fit then replaces, and lbfgs draws no
+    random numbers; the split does not depend on the cell's seed either. So on the features of a
+    pretrained base (one cache for every seed) the seeds of one fraction solve the same problem."""
+    return json.dumps(
+        {
+            "settings": replace(settings, seed=0).to_dict(),
+            "rows": {split: rows[split].tolist() for split in sorted(rows)},
+        },
+        sort_keys=True,
+    )
+
+
 def fit_frozen_group(
     candidates: list[FrozenCandidate],
     features_path: Path,
@@ -138,18 +155,29 @@ def fit_frozen_group(
     split = read_split(split_csv)
     classes = read_json(classes_json)["classes"]
     results = []
+    # Closed-form fits by their problem (closed_form_problem): each is solved once, and the
+    # candidates that pose the same problem get its result and its measured seconds.
+    closed_form_fits = {}
     for candidate in candidates:
         settings = candidate.settings
         check_source(payload, settings, features_path)
         rows = {"train": fraction_rows(split, settings.fraction), "val": split_rows(split, "val")}
-        model = head_model(settings, payload, len(classes)).to(device)
         fitter = fit_head_by_sgd if fitted_by_gradient_descent(settings.head) else fit_head_in_closed_form
-        started = time.perf_counter()
-        try:
-            result, chosen = fitter(model, settings, payload, rows, device, log)
-        except DivergedError as diverged:
-            result, chosen = diverged, {}
-        wall = time.perf_counter() - started
+        problem = closed_form_problem(settings, rows) if fitter is fit_head_in_closed_form else None
+        if problem in closed_form_fits:
+            result, chosen, wall, first = closed_form_fits[problem]
+            chosen = {**chosen, "same_fit_as": str(first)}
+            log(f"{candidate.out_dir}: the same closed-form fit as {first} (only the seed differs)")
+        else:
+            model = head_model(settings, payload, len(classes)).to(device)
+            started = time.perf_counter()
+            try:
+                result, chosen = fitter(model, settings, payload, rows, device, log)
+            except DivergedError as diverged:
+                result, chosen = diverged, {}
+            wall = time.perf_counter() - started
+            if problem is not None:
+                closed_form_fits[problem] = (result, chosen, wall, candidate.out_dir)
         info = {
             "fit": fitter.__name__,
             "num_train": len(rows["train"]),
