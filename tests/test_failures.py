@@ -62,6 +62,66 @@ def test_every_failed_job_gets_one_line_with_its_reason(tmp_path):
     ]
 
 
+# Snakemake 9's report of failed job groups (a cluster run): the group's block with the cluster job's
+# log, then each of its jobs' blocks indented below it. A refused submission leaves no cluster log.
+GROUP_LOG = """\
+[Tue Dec  8 00:08:05 2026]
+    message: Error in group cell
+    log: {slurm_log} (check log file(s) for error details)
+    jobs:
+        rule evaluate_recipe:
+            jobid: 5
+            log: {evaluation} (check log file(s) for error details)
+        rule train_candidate:
+            jobid: 3
+            log: {training} (check log file(s) for error details)
+    [Tue Dec  8 00:08:05 2026]
+    Error in rule evaluate_recipe:
+        message: None
+        jobid: 5
+        log: {evaluation} (check log file(s) for error details)
+    [Tue Dec  8 00:08:05 2026]
+    Error in rule train_candidate:
+        message: None
+        jobid: 3
+        log: {training} (check log file(s) for error details)
+[Tue Dec  8 00:08:06 2026]
+    message: Error in group prep
+    jobs:
+        rule obtain_dataset:
+            jobid: 7
+            log: {obtain} (check log file(s) for error details)
+    [Tue Dec  8 00:08:06 2026]
+    Error in rule obtain_dataset:
+        message: None
+        jobid: 7
+        log: {obtain} (check log file(s) for error details)
+Exiting because a job execution failed. Look above for error messages
+"""
+
+
+def test_the_jobs_of_a_failed_cluster_group_get_a_line_each(tmp_path):
+    """A job's own error where its log has one; else its group's failure and the cluster job's log,
+    or, without one, that the group's submission was refused."""
+    logs = tmp_path / "results" / "logs"
+    training = logs / "train_candidate" / "digits/1.0/resnet18/none/full/linear/seed2/lr1.0.log"
+    evaluation = logs / "evaluate_recipe" / "digits/1.0/resnet18/none/full/linear.log"  # never started: no log
+    obtain = logs / "obtain_dataset" / "fashion.log"
+    training.parent.mkdir(parents=True)
+    training.write_text("unexpected error in rule train_candidate:\nTraceback ...\nRuntimeError: made to fail\n")
+    slurm_log = tmp_path / ".snakemake" / "slurm_logs" / "group_cell" / "17.log"
+    log = tmp_path / "snakemake.log"
+    log.write_text(GROUP_LOG.format(slurm_log=slurm_log, evaluation=evaluation, training=training, obtain=obtain))
+    assert failure_lines(log) == [
+        f"  evaluate_recipe digits/1.0/resnet18/none/full/linear: its job group cell failed (see {slurm_log}) "
+        f"(log: {evaluation})",
+        f"  train_candidate digits/1.0/resnet18/none/full/linear/seed2/lr1.0: RuntimeError: made to fail "
+        f"(log: {training})",
+        "  obtain_dataset fashion: its job group prep never ran: SLURM refused its submission (Snakemake does not "
+        f"show why for a group; --verbose prints the sbatch call to submit by hand) (log: {obtain})",
+    ]
+
+
 @pytest.mark.e2e
 def test_keep_going_ends_with_one_line_per_failed_job(tmp_path):
     """A real run with --keep-going: a training that fails does not stop the other cells, and the

@@ -7,7 +7,8 @@ the profile's 40 s first status check suits real jobs, not 10-second ones). The 
 every job went through SLURM with the resources the rules and the profile ask for (the GPU jobs
 with --gpus=1), that each group's compute jobs forked from one server in the group's allocation,
 that the cells' evaluation outputs equal the local run's, that a failing cell is reported with its
-log paths, and that stop.sh stops every daemon start.sh started.
+log paths, that a job the node cannot hold is refused at once and named, and that stop.sh stops
+every daemon start.sh started.
 
 Needs root and the Debian packages munge, slurm-client, slurmctld, slurmd (.ci/run installs
 them): skipped without them, except under CI=true, where that is a failure. Takes 2-2.5 min on a
@@ -75,6 +76,9 @@ FAILING_CELL = CELL_DIR.format(strategy="full", seed=2)
 FAILING_SCRIPT = "workflow/scripts/train_candidate.py"
 FAILING_RULE_LOG = "results/logs/train_candidate/digits/1.0/resnet18/none/full/linear/seed2/lr1.0.log"
 FAILING_ERROR = r"Error in (group cell|rule train_candidate)"  # Snakemake's heading for the failed job
+FAILING_TARGET = "digits/1.0/resnet18/none/full/linear/seed2/lr1.0"  # what the failure line names
+# More CPUs for the preparation than the node has (slurmd -C of a 2-core machine): refused.
+REFUSED_CPUS = (os.cpu_count() or 2) + 1
 # -------------------------------------------------------------------------------------------------
 
 
@@ -235,6 +239,15 @@ def failed_run(slurm_run):
     return {"workdir": workdir, "result": result}
 
 
+@pytest.fixture(scope="module")
+def refused_run(cluster, tmp_path_factory):
+    """The grid with a preparation job that asks for more CPUs than the node has."""
+    workdir = grid_copy(tmp_path_factory.mktemp("refused"))
+    write_config(workdir, {**CONFIG, "resources": {**CONFIG["resources"], "cache_threads": REFUSED_CPUS}})
+    result, seconds = run_snakemake(workdir, "--workflow-profile", str(workdir / "profiles" / "slurm"))
+    return {"result": result, "seconds": seconds}
+
+
 def test_every_job_ran_through_slurm(slurm_run):
     output, calls = slurm_run["output"], slurm_run["calls"]
     kinds = {kind: sum(call["kind"] == kind for call in calls) for kind in {call["kind"] for call in calls}}
@@ -323,6 +336,20 @@ def test_a_failing_cell_is_reported_with_its_logs(failed_run):
     job_id = Path(slurm_log).stem
     assert scontrol_job(job_id)["JobState"] == "FAILED"
     assert not (workdir / FAILING_CELL / "test.json").exists()
+    # The run ends with a line for the failed training that points to where its traceback is.
+    summary = output[output.index("transfergrid: ") :].splitlines()
+    line = next(line for line in summary if line.startswith(f"  train_candidate {FAILING_TARGET}: "))
+    assert slurm_log in line or "made to fail" in line, line
+
+
+def test_a_job_the_node_cannot_hold_is_refused_at_once_and_named(refused_run):
+    """SLURM refuses the submission (EnforcePartLimits) instead of queueing it forever, and the run
+    ends with a line for each job of the refused group, though Snakemake does not print sbatch's
+    message for a group."""
+    result = refused_run["result"]
+    assert result.returncode != 0 and refused_run["seconds"] < 120, result.stdout[-3000:]
+    summary = result.stdout[result.stdout.index("transfergrid: ") :]
+    assert "  obtain_dataset digits: its job group prep never ran: SLURM refused its submission" in summary
 
 
 def test_stop_stops_every_daemon_start_started(cluster, slurm_run, failed_run):

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from .errors import one_line
 
-_BLOCK = re.compile(r"^Error in (?:rule|group) (\S+?):\n(.*?)(?=^\S|\Z)", re.M | re.S)
+# A failed job's block: "Error in rule <rule>:" and the lines indented below it. A job of a failed
+# cluster job group comes indented under its group's block (Snakemake 9), so the header may be too.
+_BLOCK = re.compile(r"^(?P<indent>[ \t]*)Error in rule (?P<rule>\S+?):\n(?P<body>(?:(?P=indent)[ \t]+\S.*\n?)*)", re.M)
+# A failed job group's block: its name, and the cluster job's own log where there is one.
+_GROUP = re.compile(r"^[ \t]+message: Error in group (?P<group>\S+)\n(?:[ \t]+log: (?P<logs>\S+?),? )?", re.M)
 _LOG = re.compile(r"^\s+log: (\S+)", re.M)
 _SIGNAL = re.compile(r"died with <Signals\.(\w+)")
 
@@ -36,19 +40,42 @@ def worked_on(job_log: Path) -> str:
     return "/".join(parts[below_stage[-1] :]) if below_stage else job_log.with_suffix("").as_posix()
 
 
+def group_reason(group: str, cluster_log: str | None) -> str:
+    """Why a job of a failed job group that left no reason of its own failed. Without a cluster log
+    the group never ran: its submission was refused (e.g. more CPUs than a node has), and Snakemake 9
+    does not print sbatch's message for a group."""
+    if cluster_log:
+        return f"its job group {group} failed (see {cluster_log})"
+    return (
+        f"its job group {group} never ran: SLURM refused its submission (Snakemake does not show why for a "
+        "group; --verbose prints the sbatch call to submit by hand)"
+    )
+
+
 def failure_lines(snakemake_log: Path) -> list[str]:
     """One line per failed job of a run: rule, what it was working on, why, and its log."""
     text = Path(snakemake_log).read_text(errors="replace")
+    groups = list(_GROUP.finditer(text))
+    blocks = list(_BLOCK.finditer(text))
     lines = []
-    for match in _BLOCK.finditer(text):
-        rule, block = match.group(1), match.group(2)
-        tail = text[match.end() : match.end() + 2000]
+    for index, match in enumerate(blocks):
+        rule, block = match.group("rule"), match.group("body")
+        # What Snakemake printed after the block (e.g. a killed command), up to the next block.
+        tail = text[match.end() : blocks[index + 1].start() if index + 1 < len(blocks) else match.end() + 2000]
         logs = _LOG.findall(block)
-        job_log = Path(logs[0]) if logs else None
+        job_log = Path(logs[0].rstrip(",")) if logs else None
         reason = job_reason(job_log) if job_log else None
+        # An indented block is a job of the last failed group reported before it.
+        earlier_groups = [g for g in groups if g.start() < match.start()]
+        group = earlier_groups[-1] if match.group("indent") and earlier_groups else None
         if reason is None:
             signal = _SIGNAL.search(block + tail)
-            reason = f"killed by {signal.group(1)}" if signal else "see its log"
+            if signal:
+                reason = f"killed by {signal.group(1)}"
+            elif group:
+                reason = group_reason(group.group("group"), group.group("logs"))
+            else:
+                reason = "see its log"
         target = worked_on(job_log) if job_log else ""
         lines.append(f"  {rule} {target}: {reason}" + (f" (log: {job_log})" if job_log else ""))
     return list(dict.fromkeys(lines))
