@@ -122,6 +122,44 @@ def test_the_jobs_of_a_failed_cluster_group_get_a_line_each(tmp_path):
     ]
 
 
+# A job submitted alone: the SLURM plugin's message says what happened (Snakemake 9 prints it; its
+# continuation lines and the plugin's closing sentence follow).
+SLURM_JOB_LOG = """\
+[Tue Dec  8 00:09:07 2026]
+Error in rule train_candidate:
+    message: SLURM-job '23' failed, SLURM status is: 'TIMEOUT'. Detailed failure reason unavailable \
+(status command is not 'sacct').For further error details see the cluster/cloud log and the log files of the \
+involved rule(s).
+    jobid: 13
+    log: {training}, {slurm_log} (check log file(s) for error details)
+[Tue Dec  8 00:09:08 2026]
+Error in rule similarity:
+    message: SLURM sbatch failed. The error message was 'sbatch: error: invalid partition specified: gpu'.
+    sbatch call:
+        sbatch --parsable -p gpu --wrap="..."
+For further error details see the cluster/cloud log and the log files of the involved rule(s).
+    jobid: 12
+    log: {similarity} (check log file(s) for error details)
+"""
+
+
+def test_a_cluster_jobs_line_gives_the_executors_reason(tmp_path):
+    logs = tmp_path / "results" / "logs"
+    training = logs / "train_candidate" / "digits/1.0/resnet18/none/full/linear/seed0/lr1.0.log"
+    similarity = logs / "similarity" / "digits_efficientnet_lite0_imagenet_pkg.log"
+    training.parent.mkdir(parents=True)
+    training.write_text("epoch 1: phase 'train'\n")  # cut off by the time limit
+    slurm_log = tmp_path / ".snakemake" / "slurm_logs" / "rule_train_candidate" / "23.log"
+    log = tmp_path / "snakemake.log"
+    log.write_text(SLURM_JOB_LOG.format(training=training, slurm_log=slurm_log, similarity=similarity))
+    assert failure_lines(log) == [
+        "  train_candidate digits/1.0/resnet18/none/full/linear/seed0/lr1.0: SLURM-job '23' failed, SLURM status is: "
+        f"'TIMEOUT'. Detailed failure reason unavailable (status command is not 'sacct'). (log: {training})",
+        "  similarity digits_efficientnet_lite0_imagenet_pkg: SLURM sbatch failed. The error message was 'sbatch: "
+        f"error: invalid partition specified: gpu'. (log: {similarity})",
+    ]
+
+
 @pytest.mark.e2e
 def test_keep_going_ends_with_one_line_per_failed_job(tmp_path):
     """A real run with --keep-going: a training that fails does not stop the other cells, and the

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from .errors import one_line
 
-# A failed job's block: "Error in rule <rule>:" and the lines indented below it. A job of a failed
-# cluster job group comes indented under its group's block (Snakemake 9), so the header may be too.
-_BLOCK = re.compile(r"^(?P<indent>[ \t]*)Error in rule (?P<rule>\S+?):\n(?P<body>(?:(?P=indent)[ \t]+\S.*\n?)*)", re.M)
-# A failed job group's block: its name, and the cluster job's own log where there is one.
+# A failed job's report starts "Error in rule <rule>:" and runs to the next report's timestamp. A job
+# of a failed cluster job group is reported indented under its group's report (Snakemake 9).
+_JOB = re.compile(r"^(?P<indent>[ \t]*)Error in rule (?P<rule>\S+?):$", re.M)
+_TIMESTAMP = re.compile(r"^[ \t]*\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\]$", re.M)
+# A failed job group's report: its name, and the cluster job's own log where there is one.
 _GROUP = re.compile(r"^[ \t]+message: Error in group (?P<group>\S+)\n(?:[ \t]+log: (?P<logs>\S+?),? )?", re.M)
-_LOG = re.compile(r"^\s+log: (\S+)", re.M)
+_LOG = re.compile(r"^\s+log: (\S+?),? ", re.M)
+# What the executor said went wrong (a SLURM job's state, sbatch's refusal): its first line.
+_MESSAGE = re.compile(r"^\s+message: (?P<message>.+?)(?:For further error details.*)?$", re.M)
 _SIGNAL = re.compile(r"died with <Signals\.(\w+)")
 
 
@@ -56,26 +59,32 @@ def failure_lines(snakemake_log: Path) -> list[str]:
     """One line per failed job of a run: rule, what it was working on, why, and its log."""
     text = Path(snakemake_log).read_text(errors="replace")
     groups = list(_GROUP.finditer(text))
-    blocks = list(_BLOCK.finditer(text))
+    jobs = list(_JOB.finditer(text))
     lines = []
-    for index, match in enumerate(blocks):
-        rule, block = match.group("rule"), match.group("body")
-        # What Snakemake printed after the block (e.g. a killed command), up to the next block.
-        tail = text[match.end() : blocks[index + 1].start() if index + 1 < len(blocks) else match.end() + 2000]
-        logs = _LOG.findall(block)
-        job_log = Path(logs[0].rstrip(",")) if logs else None
-        reason = job_reason(job_log) if job_log else None
-        # An indented block is a job of the last failed group reported before it.
+    for index, match in enumerate(jobs):
+        # The job's report, with what Snakemake printed after it (e.g. a killed command).
+        next_job = jobs[index + 1].start() if index + 1 < len(jobs) else len(text)
+        timestamp = _TIMESTAMP.search(text, match.end(), next_job)
+        report = text[match.end() : timestamp.start() if timestamp else next_job]
+        logs = _LOG.findall(report)
+        job_log = Path(logs[0]) if logs else None
+        # An indented report is a job of the last failed group reported before it.
         earlier_groups = [g for g in groups if g.start() < match.start()]
         group = earlier_groups[-1] if match.group("indent") and earlier_groups else None
+        message = _MESSAGE.search(report)
+        executor_message = message.group("message").strip() if message else "None"  # "None": it said nothing
+        signal = _SIGNAL.search(report)
+        reason = job_reason(job_log) if job_log else None
         if reason is None:
-            signal = _SIGNAL.search(block + tail)
             if signal:
                 reason = f"killed by {signal.group(1)}"
+            elif executor_message != "None":
+                reason = executor_message
             elif group:
                 reason = group_reason(group.group("group"), group.group("logs"))
             else:
                 reason = "see its log"
+        rule = match.group("rule")
         target = worked_on(job_log) if job_log else ""
         lines.append(f"  {rule} {target}: {reason}" + (f" (log: {job_log})" if job_log else ""))
     return list(dict.fromkeys(lines))
