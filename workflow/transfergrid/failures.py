@@ -3,6 +3,7 @@ each job's own log (``snakemake --keep-going`` runs every job it can and then li
 
 from __future__ import annotations
 
+import bisect
 import re
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def failure_lines(snakemake_log: Path) -> list[str]:
     """One line per failed job of a run: rule, what it was working on, why, and its log."""
     text = Path(snakemake_log).read_text(errors="replace")
     groups = list(_GROUP.finditer(text))
+    group_starts = [group.start() for group in groups]
     jobs = list(_JOB.finditer(text))
     lines = []
     for index, match in enumerate(jobs):
@@ -69,8 +71,8 @@ def failure_lines(snakemake_log: Path) -> list[str]:
         logs = _LOG.findall(report)
         job_log = Path(logs[0]) if logs else None
         # An indented report is a job of the last failed group reported before it.
-        earlier_groups = [g for g in groups if g.start() < match.start()]
-        group = earlier_groups[-1] if match.group("indent") and earlier_groups else None
+        earlier = bisect.bisect_left(group_starts, match.start())
+        group = groups[earlier - 1] if match.group("indent") and earlier else None
         message = _MESSAGE.search(report)
         executor_message = message.group("message").strip() if message else "None"  # "None": it said nothing
         signal = _SIGNAL.search(report)
