@@ -74,10 +74,10 @@ LOCAL_RULES = ["aggregate", "report", "all"]  # the jobs the head node runs for 
 # The failing cell: a third seed whose training script raises.
 FAILING_CELL = CELL_DIR.format(strategy="full", seed=2)
 FAILING_SCRIPT = "workflow/scripts/train_candidate.py"
-FAILING_RULE_LOG = "results/logs/train_candidate/digits/1.0/resnet18/none/full/linear/seed2/lr1.0.log"
-FAILING_ERROR = r"Error in (group cell|rule train_candidate)"  # Snakemake's heading for the failed job
 FAILING_TARGET = "digits/1.0/resnet18/none/full/linear/seed2/lr1.0"  # what the failure line names
-# More CPUs for the preparation than the node has (slurmd -C of a 2-core machine): refused.
+FAILING_RULE_LOG = f"results/logs/train_candidate/{FAILING_TARGET}.log"
+FAILING_ERROR = r"Error in (group cell|rule train_candidate)"  # Snakemake's heading for the failed job
+# More CPUs for the preparation than the node has (start.sh gives the node this machine's CPUs): refused.
 REFUSED_CPUS = (os.cpu_count() or 2) + 1
 # -------------------------------------------------------------------------------------------------
 

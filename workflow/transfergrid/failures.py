@@ -37,8 +37,7 @@ def job_reason(job_log: Path) -> str | None:
 
 def worked_on(job_log: Path) -> str:
     """What a job worked on: its log's path below results/logs/<stage>/, where every rule logs. The
-    stage is not always the rule's name (fit_frozen_pretrained_<dataset> logs in fit_frozen/, and
-    SLURM reports a failed group by the group's name)."""
+    stage is not always the rule's name (fit_frozen_pretrained_<dataset> logs in fit_frozen/)."""
     parts = job_log.with_suffix("").parts
     below_stage = [i + 3 for i in range(len(parts) - 3) if parts[i : i + 2] == ("results", "logs")]
     return "/".join(parts[below_stage[-1] :]) if below_stage else job_log.with_suffix("").as_posix()
@@ -74,13 +73,14 @@ def failure_lines(snakemake_log: Path) -> list[str]:
         earlier = bisect.bisect_left(group_starts, match.start())
         group = groups[earlier - 1] if match.group("indent") and earlier else None
         message = _MESSAGE.search(report)
-        executor_message = message.group("message").strip() if message else "None"  # "None": it said nothing
+        said = message.group("message").strip() if message else "None"
+        executor_message = None if said == "None" else said  # Snakemake writes None when the executor said nothing
         signal = _SIGNAL.search(report)
         reason = job_reason(job_log) if job_log else None
         if reason is None:
             if signal:
                 reason = f"killed by {signal.group(1)}"
-            elif executor_message != "None":
+            elif executor_message:
                 reason = executor_message
             elif group:
                 reason = group_reason(group.group("group"), group.group("logs"))
