@@ -235,6 +235,17 @@ def test_a_diverging_candidate_is_recorded_without_weights(tiny_dataset):
         load_trained_model(result.out_dir / "model.pt")
 
 
+def test_a_candidates_log_names_the_precision_it_resolved_to(tiny_dataset):
+    # precision "auto" is bf16 or fp32 depending on the CPU, so speeds differ between machines:
+    # the log must say which one this job ran, the same as its train.json.
+    cell = cell_config(strategy="full", seed=0, epochs=1).replace(precision="auto")
+    inputs = CellInputs(tiny_dataset / "split.csv", tiny_dataset / "classes.json", tiny_dataset / "cache.npy")
+    lines = []
+    result = train_candidate(cell, inputs, tiny_dataset / "cell" / "lr1.0", log=lines.append)
+    assert result.summary["precision"] in ("fp32", "bf16")
+    assert f"device cpu, precision {result.summary['precision']};" in lines[0]
+
+
 def test_frozen_group_evaluation_equals_the_network_on_test_images(tiny_dataset):
     cell = cell_config(strategy="frozen", seed=2, epochs=2, features=True)
     features = features_for_seed(tiny_dataset, 2)

@@ -74,10 +74,14 @@ def train_candidate(
     split = read_split(inputs.split)
     classes = read_json(inputs.classes)["classes"]
     rows = {"train": fraction_rows(split, settings.fraction), "val": split_rows(split, "val")}
-    log(f"cell {settings.to_dict()}; device {device}; {len(rows['train'])} train / {len(rows['val'])} val images")
+    precision = resolve_precision(settings.precision, device)
+    log(
+        f"cell {settings.to_dict()}; device {device}, precision {precision}; "
+        f"{len(rows['train'])} train / {len(rows['val'])} val images"
+    )
 
     model = build_model(settings, len(classes), inputs.weights).to(device)
-    prepare_model(model, resolve_precision(settings.precision, device), device)
+    prepare_model(model, precision, device)
     if settings.compile:
         # The forward alone: the module and its state-dict keys stay as they are.
         model.forward = torch.compile(model.forward)

@@ -73,13 +73,14 @@ def pretrain_backbone(
             f"pretrain {job.name!r}: dataset {settings.dataset!r} has no validation image in the chosen classes"
         )
     kept = [names[i] for i in keep]
+    precision = resolve_precision(settings.precision, device)
     log(
-        f"pretrain {job.name!r}: {settings.backbone} on {settings.dataset} classes {kept}; device {device}; "
-        f"{len(train_rows)} train / {len(val_rows)} val images"
+        f"pretrain {job.name!r}: {settings.backbone} on {settings.dataset} classes {kept}; "
+        f"device {device}, precision {precision}; {len(train_rows)} train / {len(val_rows)} val images"
     )
 
     model = build_model(settings, len(keep), None).to(device)
-    prepare_model(model, resolve_precision(settings.precision, device), device)
+    prepare_model(model, precision, device)
     checkpoint = Checkpoint(Path(checkpoint_path), job.to_dict(), code_version) if checkpoint_path else None
     train_batches = make_batches(settings, images, labels, train_rows, device, True)
     result = fit(
