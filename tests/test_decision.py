@@ -36,6 +36,7 @@ def cells(scores: dict) -> pd.DataFrame:
                     "freeze_depth": "0",
                     "image_size": 32,
                     "num_train": 1500,
+                    "num_test": 300,
                     "num_classes": 10,
                     "trainable_params": 1000,
                     "wall_seconds": 1.0,

@@ -370,6 +370,19 @@ def test_report_lists_every_recipe_with_its_init(rendered):
     assert "validation" in section(page, "leaderboard") and "never used to" in page
 
 
+def test_the_summary_puts_the_test_sets_own_interval_under_the_winners_accuracy(rendered):
+    _, summary_csv, _, page = rendered
+    assert (load_summary(summary_csv)["num_test"] == 60).all()
+    # The validation-best recipe scored 0.80 and 0.81 on the same 60 test images: Wilson's interval
+    # of 0.805 on 60 images, z = 1.96, written out.
+    p, n, z = 0.805, 60, 1.959964
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    summary = section(page, "summary")
+    assert "0.805 ± " in summary
+    assert f"test set of 60: {centre - half:.3f}–{centre + half:.3f}" in summary
+
+
 def test_a_logreg_recipe_shows_its_chosen_C_and_warns_at_the_end_of_the_C_grid(tmp_path):
     cells = write_grid(tmp_path)
     for seed, C in zip(SEEDS, (0.1, 100.0)):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transfergrid.stats import paired_p_value, recipe_statistics, t_interval, top_groups
+from transfergrid.stats import paired_p_value, recipe_statistics, t_interval, top_groups, wilson_interval
 
 RECIPE = ["dataset", "fraction", "backbone", "weights", "strategy", "head"]
 SEEDS = [0, 1, 2, 3, 4]
@@ -47,6 +47,13 @@ def test_t_interval_textbook_case():
     assert summary["half_width"] == pytest.approx(1.9632, abs=1e-4)
     assert summary["low"] == pytest.approx(3 - 1.9632, abs=1e-4)
     assert summary["high"] == pytest.approx(3 + 1.9632, abs=1e-4)
+
+
+def test_wilson_interval_textbook_cases_are_never_empty():
+    low, high = wilson_interval([0.5, 0.0, 1.0], [100, 20, 20])
+    # Wilson, z = 1.96: 50 of 100 -> 0.4038-0.5962; 0 of 20 -> 0-0.1611 (z²/(n+z²)), 20 of 20 mirrors it.
+    assert low == pytest.approx([0.4038, 0.0, 0.8389], abs=1e-4)
+    assert high == pytest.approx([0.5962, 0.1611, 1.0], abs=1e-4)
 
 
 def test_recipe_statistics_columns_and_single_seed_flag():

@@ -48,6 +48,7 @@ SUMMARY_COLUMNS = (
     "cost_seconds",
     "fit",
     "num_train",
+    "num_test",
     "num_classes",
     "cell_dir",
     "candidate_dir",
@@ -88,7 +89,7 @@ def summarise_cell(cell_dir: Path) -> dict:
         candidate_dir / "train.json",
         ("best_epoch", "best_val_acc", "trainable_params", "frozen_params", "wall_seconds", "num_train", "num_classes"),
     )
-    test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1", "nll", "ece"))
+    test = _read_cell_json(cell_dir / "test.json", ("top1", "balanced_accuracy", "macro_f1", "nll", "ece", "num_test"))
     # A head on cached features also needs the extraction it shares with its siblings: what running
     # this recipe alone costs is the two together.
     feature_seconds = float(train.get("feature_seconds", 0.0))
@@ -125,6 +126,7 @@ def summarise_cell(cell_dir: Path) -> dict:
         "cost_seconds": float(train["wall_seconds"]) + feature_seconds,
         "fit": str(train["fit"]),
         "num_train": int(train["num_train"]),
+        "num_test": int(test["num_test"]),
         "num_classes": int(train["num_classes"]),
         "cell_dir": str(cell_dir),
         "candidate_dir": str(candidate_dir),

@@ -4,7 +4,9 @@
 interval of the validation accuracy (the selection metric) and of the test metrics (reported,
 never used to choose), whether the recipe is in the top group of its dataset and fraction (the
 recipes a paired t-test over common seeds, Holm-corrected at alpha 0.05, cannot tell apart from the
-validation-best one; ``stats.top_groups``), the learning rates its seeds chose, and its cost.
+validation-best one; ``stats.top_groups``), the 95 % Wilson interval that the test set's size alone
+puts around the mean test accuracy (``stats.wilson_interval``: the seeds share one test set, so
+their interval leaves it out), the learning rates its seeds chose, and its cost.
 ``leaderboard.md`` is the same ranking as a Markdown table for a terminal or a pull request.
 """
 
@@ -17,7 +19,7 @@ import pandas as pd
 
 from .aggregate import RECIPE
 from .io import atomic_path, write_csv
-from .stats import recipe_statistics, top_groups
+from .stats import recipe_statistics, top_groups, wilson_interval
 
 SELECTION = "val_acc"
 REPORTED = ("test_top1", "test_macro_f1", "test_nll", "test_ece")
@@ -41,6 +43,7 @@ def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
             freeze_depth=("freeze_depth", "first"),
             image_size=("image_size", "first"),
             num_train=("num_train", "first"),
+            num_test=("num_test", "first"),
             num_classes=("num_classes", "first"),
             trainable_params=("trainable_params", "median"),
             wall_seconds=("wall_seconds", "mean"),
@@ -58,6 +61,9 @@ def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
     extras["chosen_setting"] = setting.where(setting != "C=", "")
     table = statistics.merge(groups, on=list(RECIPE)).merge(extras, on=list(RECIPE))
     table["images_per_class"] = table["num_train"] / table["num_classes"]
+    table["test_top1_test_set_low"], table["test_top1_test_set_high"] = wilson_interval(
+        table["test_top1_mean"], table["num_test"]
+    )
     table = table.sort_values(["dataset", "fraction", f"{SELECTION}_mean"], ascending=[True, True, False])
     table["rank"] = table.groupby(["dataset", "fraction"]).cumcount() + 1
     return table.reset_index(drop=True)
